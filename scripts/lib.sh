@@ -69,7 +69,7 @@ sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 json_field() {
     local file="$1" key="$2"
     [[ -r "$file" ]] || return 1
-    sed -n 's/.*"'"$key"'"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$file" | head -n1
+    sed -n '/"'"$key"'"[[:space:]]*:/{s/.*"'"$key"'"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p;q;}' "$file"
 }
 
 # Atomically write stdin to FILE (temp file in the same dir, then rename).

@@ -1,0 +1,339 @@
+//! `cella run` end to end: each test boots a real guest through the qemu backend.
+//!
+//! Test names start with `vm_` so nextest runs them one at a time with a hard timeout
+//! (.config/nextest.toml). They skip with a message when the guest assets are missing, and fail
+//! instead when `CELLA_REQUIRE_VM=1`.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use cella_testkit::{processes_matching, require_vm, run_with_timeout, wait_or_kill, TestHome, COMMAND_TIMEOUT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cella");
+
+fn cella_run(home: &TestHome, args: &[&str], stdin: &[u8]) -> cella_testkit::Finished {
+    let mut cmd = home.command(BIN);
+    cmd.arg("run").args(args);
+    run_with_timeout(cmd, stdin, COMMAND_TIMEOUT)
+}
+
+/// After a run: no sandbox directory, no socket, no emulator for this home.
+fn assert_nothing_left(home: &TestHome) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let home_text = home.path().to_string_lossy().into_owned();
+    loop {
+        let dirs = home.sandbox_dirs();
+        let run = home.run_entries();
+        let qemus = processes_matching(&home_text);
+        if dirs.is_empty() && run.iter().all(|e| e.ends_with(".lock")) && qemus.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("left behind: dirs {dirs:?}, run/ {run:?}, processes {qemus:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vm_run_separates_stdout_and_stderr_and_returns_the_exit_code() {
+    if !require_vm("vm_run_separates_stdout_and_stderr_and_returns_the_exit_code") {
+        return;
+    }
+    let home = TestHome::new();
+    let out = cella_run(&home, &["--", "sh", "-c", "echo out; echo err >&2; exit 7"], b"");
+    assert_eq!(out.code(), 7, "{}", out.stderr_text());
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+    assert_nothing_left(&home);
+}
+
+#[test]
+fn vm_run_forwards_stdin_and_its_end() {
+    if !require_vm("vm_run_forwards_stdin_and_its_end") {
+        return;
+    }
+    let home = TestHome::new();
+    let out = cella_run(&home, &["--", "sh", "-c", "cat; echo after"], b"a");
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert_eq!(out.stdout, b"aafter\n");
+}
+
+#[test]
+fn vm_run_applies_cpus_memory_env_and_workdir() {
+    if !require_vm("vm_run_applies_cpus_memory_env_and_workdir") {
+        return;
+    }
+    let home = TestHome::new();
+    let script = "echo $A; pwd; nproc; awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo";
+    let args = ["--cpus", "2", "--memory", "512", "--env", "A=1", "--workdir", "/tmp", "--", "sh", "-c", script];
+    let out = cella_run(&home, &args, b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..3], &["1", "/tmp", "2"], "{text}");
+    let mem: u32 = lines[3].parse().unwrap();
+    assert!((400..=512).contains(&mem), "guest sees {mem} MiB");
+}
+
+#[test]
+fn vm_run_output_is_byte_exact() {
+    if !require_vm("vm_run_output_is_byte_exact") {
+        return;
+    }
+    let home = TestHome::new();
+    // Three megabytes of every byte value through stdin and back out of stdout and stderr.
+    let input: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let out = cella_run(&home, &["--", "sh", "-c", "tee /dev/stderr"], &input);
+    assert_eq!(out.code(), 0, "{}", String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]));
+    assert!(out.stdout == input, "stdout differs: {} bytes vs {}", out.stdout.len(), input.len());
+    assert!(out.stderr == input, "stderr differs: {} bytes vs {}", out.stderr.len(), input.len());
+
+    let out = cella_run(&home, &["--", "printf", "a\\000b"], b"");
+    assert_eq!(out.stdout, b"a\0b");
+}
+
+#[test]
+fn vm_run_reports_missing_unexecutable_and_signalled_commands() {
+    if !require_vm("vm_run_reports_missing_unexecutable_and_signalled_commands") {
+        return;
+    }
+    let home = TestHome::new();
+    let out = cella_run(&home, &["--", "no-such-command"], b"");
+    assert_eq!(out.code(), 127, "{}", out.stderr_text());
+    assert!(out.stderr_text().contains("no-such-command"), "{}", out.stderr_text());
+
+    let out = cella_run(&home, &["--", "/etc/passwd"], b"");
+    assert_eq!(out.code(), 126, "{}", out.stderr_text());
+
+    let out = cella_run(&home, &["--", "sh", "-c", "kill -9 $$"], b"");
+    assert_eq!(out.code(), 137, "{}", out.stderr_text());
+    assert_nothing_left(&home);
+}
+
+/// Everything under `dir`: path, size, mode and content, to prove a root was not modified.
+fn snapshot(dir: &Path) -> Vec<(String, u64, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = if meta.is_file() { std::fs::read(&path).unwrap() } else { Vec::new() };
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path.display().to_string(), meta.len(), meta.mode(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn vm_run_never_modifies_the_root_even_when_the_guest_remounts_it() {
+    if !require_vm("vm_run_never_modifies_the_root_even_when_the_guest_remounts_it") {
+        return;
+    }
+    let home = TestHome::new();
+    let root = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp")
+        .args(["-a", &format!("{}/.", home.path().join("rootfs/default").canonicalize().unwrap().display())])
+        .arg(root.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let before = snapshot(root.path());
+
+    let script = "echo changed > /etc/hostname; touch /new-file; rm -f /bin/ls; \
+        cat /etc/hostname; mkdir -p /mnt/r; \
+        if mount -t 9p -o trans=virtio,version=9p2000.L rootfs /mnt/r; then \
+          (touch /mnt/r/evil && echo WROTE-THROUGH) || echo refused; \
+          mount -o remount,rw /mnt/r && (touch /mnt/r/evil2 && echo WROTE-THROUGH) || echo refused; \
+        else echo no-remount; fi";
+    let rootfs = root.path().to_str().unwrap();
+    let out = cella_run(&home, &["--rootfs", rootfs, "--", "sh", "-c", script], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.code(), 0, "{stdout} {}", out.stderr_text());
+    assert!(stdout.starts_with("changed\n"), "guest writes must land in its own layer: {stdout}");
+    assert!(!stdout.contains("WROTE-THROUGH"), "{stdout}");
+    assert!(before == snapshot(root.path()), "host root was modified");
+}
+
+#[test]
+fn vm_run_boot_timeout_kills_a_guest_that_never_answers() {
+    if !require_vm("vm_run_boot_timeout_kills_a_guest_that_never_answers") {
+        return;
+    }
+    let home = TestHome::new();
+    silent_guest_kernel_dir(&home);
+    let started = Instant::now();
+    let out = cella_run(&home, &["--boot-timeout", "8", "--", "true"], b"");
+    assert_eq!(out.code(), 125, "{}", out.stderr_text());
+    let stderr = out.stderr_text();
+    assert!(stderr.contains("did not answer within 8s"), "{stderr}");
+    assert!(stderr.contains("silent-init: up"), "console tail missing: {stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert_nothing_left(&home);
+}
+
+/// Replaces the test home's kernel dir with one whose initramfs runs an init that never
+/// speaks the protocol.
+fn silent_guest_kernel_dir(home: &TestHome) {
+    let shared = home.path().join("kernel").canonicalize().unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shared.join("current.json")).unwrap()).unwrap();
+    let kernel_dir = home.path().join("kernel");
+    std::fs::remove_file(&kernel_dir).unwrap();
+    std::fs::create_dir(&kernel_dir).unwrap();
+    let vmlinux = manifest["vmlinux"].as_str().unwrap();
+    std::os::unix::fs::symlink(shared.join(vmlinux), kernel_dir.join("vmlinux")).unwrap();
+
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tree.path().join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", tree.path().join("bin/busybox")).unwrap();
+    std::fs::write(
+        tree.path().join("init"),
+        "#!/bin/busybox sh\n/bin/busybox echo silent-init: up > /dev/console\nwhile :; do /bin/busybox sleep 1; done\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("busybox", tree.path().join("bin/sh")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tree.path().join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cpio = kernel_dir.join("silent.cpio");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("cd {} && find . | cpio -o -H newc --quiet > {}", tree.path().display(), cpio.display()))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest = serde_json::json!({"kernel_version": "test", "vmlinux": "vmlinux", "initramfs": "silent.cpio"});
+    std::fs::write(kernel_dir.join("current.json"), manifest.to_string()).unwrap();
+}
+
+/// Spawns `cella run` with piped stdout and waits until the guest printed `marker`.
+fn spawn_until(home: &TestHome, args: &[&str], marker: &str) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
+    let mut cmd = home.command(BIN);
+    cmd.arg("run").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.as_bytes().to_vec();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told && all.windows(marker.len()).any(|w| w == marker.as_slice()) {
+                told = true;
+                let _ = tx.send(());
+            }
+        }
+        all
+    });
+    if rx.recv_timeout(COMMAND_TIMEOUT).is_err() {
+        // SAFETY: plain kill(2) on the process group this test created.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        panic!("guest never printed the marker");
+    }
+    (child, reader)
+}
+
+#[test]
+fn vm_run_forwards_sigterm_sent_to_the_process_group() {
+    if !require_vm("vm_run_forwards_sigterm_sent_to_the_process_group") {
+        return;
+    }
+    let home = TestHome::new();
+    let script = "trap 'echo got-term; exit 3' TERM; echo ready; while :; do sleep 0.1; done";
+    let (mut child, reader) = spawn_until(&home, &["--", "sh", "-c", script], "ready");
+    // SAFETY: plain kill(2) on the process group the test created for `cella run`.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
+    let status = wait_or_kill(&mut child, COMMAND_TIMEOUT);
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(reader.join().unwrap(), b"ready\ngot-term\n");
+    assert_nothing_left(&home);
+}
+
+#[test]
+fn vm_run_sigint_to_the_process_group_ends_the_command_with_130() {
+    if !require_vm("vm_run_sigint_to_the_process_group_ends_the_command_with_130") {
+        return;
+    }
+    let home = TestHome::new();
+    let (mut child, _reader) = spawn_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
+    // SAFETY: plain kill(2) on the process group the test created for `cella run`.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let status = wait_or_kill(&mut child, COMMAND_TIMEOUT);
+    assert_eq!(status.code(), Some(130));
+    assert_nothing_left(&home);
+}
+
+#[test]
+fn vm_run_killed_with_sigkill_leaves_no_emulator() {
+    if !require_vm("vm_run_killed_with_sigkill_leaves_no_emulator") {
+        return;
+    }
+    let home = TestHome::new();
+    let (mut child, _reader) = spawn_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_nothing_left(&home);
+}
+
+#[test]
+fn vm_sandbox_process_killed_with_sigkill_leaves_no_emulator() {
+    if !require_vm("vm_sandbox_process_killed_with_sigkill_leaves_no_emulator") {
+        return;
+    }
+    let home = TestHome::new();
+    let args = ["--name", "victim", "--", "sh", "-c", "echo ready; exec sleep 1000"];
+    let (mut child, _reader) = spawn_until(&home, &args, "ready");
+    let sandbox_pids: Vec<u32> = processes_matching("sandbox --name victim")
+        .into_iter()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).map(|e| e.ends_with("cella")).unwrap_or(false))
+        .collect();
+    assert_eq!(sandbox_pids.len(), 1, "{sandbox_pids:?}");
+    // SAFETY: plain kill(2) on the sandbox process this test's `cella run` started.
+    unsafe { libc::kill(sandbox_pids[0] as i32, libc::SIGKILL) };
+    let status = wait_or_kill(&mut child, COMMAND_TIMEOUT);
+    assert_eq!(status.code(), Some(125));
+    let home_text = home.path().to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_matching(&format!("{home_text}/kernel")).is_empty() {
+        assert!(Instant::now() < deadline, "emulator still running after its owner was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vm_run_python_in_a_real_debian_root() {
+    if !require_vm("vm_run_python_in_a_real_debian_root") {
+        return;
+    }
+    let Some(debian) = cella_testkit::debian_rootfs() else {
+        if cella_testkit::vm_required() {
+            panic!("Debian root missing: run scripts/debian-rootfs");
+        }
+        eprintln!("SKIPPED vm_run_python_in_a_real_debian_root: run scripts/debian-rootfs");
+        return;
+    };
+    let home = TestHome::new();
+    let program = "import json, sys\n\
+        data = sys.stdin.read()\n\
+        json.dump({'len': len(data), 'upper': data.upper(), 'answer': 6 * 7}, sys.stdout, sort_keys=True)\n\
+        print('to stderr', file=sys.stderr)\n\
+        sys.exit(3)\n";
+    let root = debian.to_str().unwrap();
+    let out = cella_run(&home, &["--rootfs", root, "--memory", "512", "--", "python3", "-c", program], b"hello \xc3\xa9");
+    assert_eq!(out.code(), 3, "{}", out.stderr_text());
+    assert_eq!(out.stdout, br#"{"answer": 42, "len": 7, "upper": "HELLO \u00c9"}"#);
+    assert_eq!(out.stderr, b"to stderr\n");
+}

@@ -1,0 +1,149 @@
+//! Booting: from a validated config to a guest agent that has answered its handshake.
+//!
+//! The boot watchdog lives here: the guest gets a bounded time to say hello. A guest that hangs,
+//! panics or powers off before that is killed and reported with the tail of its console log, the
+//! only witness of a boot that went wrong.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cella_protocol::{
+    check_version, Frame, FrameCodec, FrameKind, Hello, HelloAck, Message, ProtocolError,
+    CONTROL_STREAM, PROTOCOL_VERSION,
+};
+use futures::{SinkExt, StreamExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::assets::{AssetError, BootAssets};
+use crate::backend::qemu::{self, Accel};
+use crate::backend::{self, BackendError, RunningVm, VmSpec};
+use crate::config::SandboxConfig;
+use crate::home::Home;
+
+/// Lines of the console log quoted in a boot error.
+const CONSOLE_TAIL_LINES: usize = 15;
+
+/// How often the agent sends a heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Booting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Kernel or initramfs missing.
+    #[error(transparent)]
+    Assets(#[from] AssetError),
+    /// The VMM could not be started.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The guest did not answer in time.
+    #[error("guest did not answer within {waited:?} (boot timeout); console log {log} ends with:\n{tail}")]
+    Timeout {
+        /// How long it had.
+        waited: Duration,
+        /// The console log.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+    /// The VM ended before the agent answered.
+    #[error("guest stopped during boot before its agent answered; console log {log} ends with:\n{tail}")]
+    VmExited {
+        /// The console log.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+    /// The agent's first frame was not a valid hello.
+    #[error("guest agent handshake failed")]
+    Handshake(#[source] ProtocolError),
+}
+
+/// A guest whose agent has answered.
+pub struct Booted {
+    /// The VM.
+    pub vm: Box<dyn RunningVm>,
+    /// The agent's handshake.
+    pub hello: Hello,
+    /// Reads frames from the agent.
+    pub reader: FramedRead<OwnedReadHalf, FrameCodec>,
+    /// Writes frames to the agent.
+    pub writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    /// `kvm` or `tcg`.
+    pub accelerator: &'static str,
+    /// Time from the start of [`boot`] to the agent's hello.
+    pub boot_time: Duration,
+}
+
+/// Boots the sandbox described by `config`.
+pub async fn boot(home: &Home, config: &SandboxConfig) -> Result<Booted, BootError> {
+    let started = Instant::now();
+    let assets = BootAssets::load(&home.kernel_dir())?;
+    backend::select(config.backend)?;
+    let logs = home.sandbox_dir(&config.name).join("logs");
+    let spec = VmSpec {
+        name: config.name.clone(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        kernel: assets.vmlinux,
+        initramfs: assets.initramfs,
+        rootfs: config.rootfs.clone(),
+        port_socket: home.agent_port_socket(&config.name),
+        console_log: logs.join("console.log"),
+        vmm_log: logs.join("vmm.log"),
+    };
+    let accel = Accel::detect();
+    let launched = qemu::launch(&spec, accel).await?;
+    let timeout = config
+        .boot_timeout_secs
+        .map(Duration::from_secs)
+        .unwrap_or_else(|| backend::default_boot_timeout(launched.accelerator));
+
+    let mut vm = launched.vm;
+    let (read_half, write_half) = launched.port.into_split();
+    let mut reader = FramedRead::new(read_half, FrameCodec::new());
+    let mut writer = FramedWrite::new(write_half, FrameCodec::new());
+    let console = spec.console_log.clone();
+    let hello = tokio::select! {
+        hello = handshake(&mut reader, &mut writer) => hello,
+        _ = vm.wait() => Err(BootError::VmExited { tail: backend::log_tail(&console, CONSOLE_TAIL_LINES), log: console.clone() }),
+        _ = tokio::time::sleep(timeout) => Err(BootError::Timeout {
+            waited: timeout, tail: backend::log_tail(&console, CONSOLE_TAIL_LINES), log: console.clone(),
+        }),
+    };
+    match hello {
+        Ok(hello) => Ok(Booted { vm, hello, reader, writer, accelerator: launched.accelerator, boot_time: started.elapsed() }),
+        Err(err) => {
+            let _ = vm.kill();
+            let _ = vm.wait().await;
+            Err(err)
+        }
+    }
+}
+
+/// Reads the agent's hello, checks its version and acknowledges it.
+async fn handshake(
+    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
+) -> Result<Hello, BootError> {
+    let frame = match reader.next().await {
+        Some(Ok(frame)) => frame,
+        Some(Err(e)) => return Err(BootError::Handshake(e)),
+        None => std::future::pending::<Frame>().await, // the VM exit arm reports this
+    };
+    if frame.stream != CONTROL_STREAM || frame.kind != FrameKind::Hello {
+        return Err(BootError::Handshake(ProtocolError::UnexpectedKind {
+            expected: FrameKind::Hello,
+            got: frame.kind,
+        }));
+    }
+    let hello = Hello::from_frame(&frame).map_err(BootError::Handshake)?;
+    check_version(&hello).map_err(BootError::Handshake)?;
+    let ack = HelloAck {
+        protocol_version: PROTOCOL_VERSION,
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u64,
+    };
+    let frame = ack.to_frame(CONTROL_STREAM).map_err(BootError::Handshake)?;
+    writer.send(frame).await.map_err(BootError::Handshake)?;
+    Ok(hello)
+}

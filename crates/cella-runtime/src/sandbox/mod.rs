@@ -1,0 +1,179 @@
+//! The sandbox process: `cella sandbox --name NAME`, one per running sandbox.
+//!
+//! Its life has three phases:
+//! 1. boot ([`boot`]): read the config, start the VM, wait for the agent's handshake under the
+//!    boot watchdog, then tell the launcher "ready" or the real cause of failure;
+//! 2. serve ([`supervise`]): accept clients on the sandbox socket and relay them to the agent,
+//!    while watching the idle timeout, the maximum duration, the agent's heartbeat, host
+//!    signals and, for `cella run`, whether its client is still attached;
+//! 3. teardown: ask the agent to shut down (it powers off only after acknowledging), kill the VM
+//!    if it does not, remove the socket and, for an ephemeral sandbox, its directory.
+//!
+//! The outcome of phase 2 is a [`Termination`]: why the run ended and whether the agent said a
+//! proper goodbye, which decides Stopped versus Crashed.
+
+pub mod boot;
+pub mod supervise;
+
+use std::time::Duration;
+
+use crate::config::SandboxConfig;
+use crate::home::Home;
+use crate::launch::{ReadyReport, ReadyReporter};
+use crate::relay::Relay;
+
+pub use supervise::Termination;
+
+/// How long the sandbox process waits for the VM to exit after the agent's goodbye, or after a
+/// shutdown request, before it kills the VM.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Grace the agent gives remaining processes between SIGTERM and SIGKILL on shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Errors that end the sandbox process before it serves.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The stored config is unusable.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A directory or socket could not be set up.
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
+    /// The client socket could not be bound.
+    #[error("cannot listen on {path}")]
+    Listen {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A signal asked the sandbox process to stop while the guest was booting.
+    #[error("interrupted by {signal} while the guest was booting")]
+    Interrupted {
+        /// The signal's name.
+        signal: &'static str,
+    },
+    /// The guest did not boot.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+}
+
+/// Runs the sandbox `name` to completion. Returns the process's exit status: 0 when the run
+/// ended in an orderly way, 1 otherwise.
+pub async fn run(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
+    let config = match prepare(&home, name) {
+        Ok(config) => config,
+        Err(err) => {
+            reporter.report(&ReadyReport::Failed { error: error_line(&err) });
+            return 1;
+        }
+    };
+    let termination = serve(&home, &config, &mut reporter).await;
+    teardown(&home, &config);
+    match termination {
+        Ok(t) => {
+            tracing::info!(sandbox = %name, reason = %t.reason, clean = t.clean, "sandbox stopped");
+            if t.clean { 0 } else { 1 }
+        }
+        Err(err) => {
+            let line = error_line(&err);
+            tracing::error!(sandbox = %name, error = %line, "sandbox failed to start");
+            reporter.report(&ReadyReport::Failed { error: line });
+            1
+        }
+    }
+}
+
+fn prepare(home: &Home, name: &str) -> Result<SandboxConfig, SandboxError> {
+    crate::config::validate_name(name)?;
+    let config = SandboxConfig::load(&home.sandbox_dir(name).join("config.json"))?;
+    config.validate()?;
+    home.ensure()?;
+    crate::home::create_private_dir(&home.sandbox_dir(name).join("logs"))?;
+    for socket in [home.client_socket(name), home.agent_port_socket(name)] {
+        crate::home::check_socket_path(&socket)?;
+    }
+    Ok(config)
+}
+
+async fn serve(home: &Home, config: &SandboxConfig, reporter: &mut ReadyReporter) -> Result<Termination, SandboxError> {
+    let socket = home.client_socket(&config.name);
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|source| SandboxError::Listen { path: socket.clone(), source })?;
+
+    let mut signals = Signals::install();
+    let booted = tokio::select! {
+        booted = boot::boot(home, config) => booted?,
+        name = signals.recv() => return Err(SandboxError::Interrupted { signal: name }),
+    };
+    tracing::info!(sandbox = %config.name, accelerator = booted.accelerator,
+        boot_ms = booted.boot_time.as_millis() as u64, agent = %booted.hello.agent_version, "guest is up");
+    let (relay, watch) = Relay::start(booted.reader, booted.writer, booted.hello);
+    reporter.report(&ReadyReport::Ready {
+        pid: std::process::id(),
+        accelerator: booted.accelerator.to_string(),
+        boot_ms: booted.boot_time.as_millis() as u64,
+    });
+    Ok(supervise::supervise(config, booted.vm, relay, watch, listener, &mut signals).await)
+}
+
+fn teardown(home: &Home, config: &SandboxConfig) {
+    let _ = std::fs::remove_file(home.client_socket(&config.name));
+    let _ = std::fs::remove_file(home.agent_port_socket(&config.name));
+    if config.ephemeral {
+        let dir = home.sandbox_dir(&config.name);
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(sandbox = %config.name, dir = %dir.display(), error = %e, "cannot remove ephemeral sandbox directory");
+        }
+    }
+}
+
+/// The host signals that stop a sandbox process in order: SIGTERM, SIGINT, SIGHUP.
+///
+/// Installed before the boot so that a signal at any moment after it is caught, never lost
+/// between two handlers and never fatal.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers. Panics only if the runtime has no signal driver, a build bug.
+    pub fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind| signal(kind).expect("tokio runtime without signal support");
+        Self {
+            term: install(SignalKind::terminate()),
+            int: install(SignalKind::interrupt()),
+            hup: install(SignalKind::hangup()),
+        }
+    }
+
+    /// Waits for the next signal and names it.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+            _ = self.hup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// An error and its causes on one line, for the launcher.
+pub fn error_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

@@ -1,0 +1,184 @@
+//! Serving a booted sandbox until its run ends, and ending it in order.
+//!
+//! The supervisor is one loop over everything that can end a run: the VM exiting, the agent
+//! saying goodbye or breaking the protocol, a host signal, a client's shutdown request, the idle
+//! timeout, the maximum duration, a heartbeat that stopped, and (for `cella run`) the launching
+//! client going away. The first of them decides the [`TerminationReason`]; the shutdown that
+//! follows is the same for all: ask the agent, wait a bounded time, kill.
+//!
+//! Idle means no client connected and no session running; output alone is not activity.
+
+use std::time::{Duration, Instant};
+
+use cella_db::TerminationReason;
+use tokio::net::UnixListener;
+
+use super::{Signals, SHUTDOWN_GRACE, SHUTDOWN_TIMEOUT};
+use crate::backend::{RunningVm, VmExit};
+use crate::config::SandboxConfig;
+use crate::relay::{Relay, RelayEvent, RelayWatch};
+
+/// A `cella run` sandbox whose client never connects is stopped after this long.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The agent counts as unresponsive after this long without a heartbeat. Generous because a
+/// TCG guest under load can stall for seconds.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the timers are checked.
+const TICK: Duration = Duration::from_millis(250);
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// Why.
+    pub reason: TerminationReason,
+    /// Whether the agent sent its final frame: Stopped when true, Crashed when false.
+    pub clean: bool,
+    /// Detail for the run record.
+    pub detail: String,
+    /// How the VMM exited.
+    pub vm_exit: Option<VmExit>,
+}
+
+/// What ended the serving phase, before the shutdown.
+enum Trigger {
+    /// Stop the guest in order for this reason.
+    Stop(TerminationReason, String),
+    /// The agent already said goodbye; the VM is powering off.
+    Goodbye,
+    /// The agent is gone or broken: kill the VM.
+    Kill(TerminationReason, String),
+    /// The VM exited by itself.
+    VmExited(std::io::Result<VmExit>),
+}
+
+/// Serves until the run ends, then shuts the VM down. Never fails: every ending is a
+/// [`Termination`].
+pub async fn supervise(
+    config: &SandboxConfig,
+    mut vm: Box<dyn RunningVm>,
+    relay: Relay,
+    mut watch: RelayWatch,
+    listener: UnixListener,
+    signals: &mut Signals,
+) -> Termination {
+    let trigger = wait_for_trigger(config, vm.as_mut(), &relay, &mut watch, &listener, signals).await;
+    drop(listener);
+    match trigger {
+        Trigger::VmExited(exit) => {
+            let exit = exit.ok();
+            let detail = format!("VM exited on its own ({exit:?}) without the agent's goodbye");
+            Termination { reason: TerminationReason::Failed, clean: false, detail, vm_exit: exit }
+        }
+        Trigger::Goodbye => finish(vm, TerminationReason::Completed, String::new(), true).await,
+        Trigger::Kill(reason, detail) => {
+            let _ = vm.kill();
+            finish(vm, reason, detail, false).await
+        }
+        Trigger::Stop(reason, detail) => {
+            relay.request_shutdown(SHUTDOWN_GRACE).await;
+            let clean = wait_goodbye(&mut watch, SHUTDOWN_GRACE + SHUTDOWN_TIMEOUT).await;
+            finish(vm, reason, detail, clean).await
+        }
+    }
+}
+
+async fn wait_for_trigger(
+    config: &SandboxConfig,
+    vm: &mut dyn RunningVm,
+    relay: &Relay,
+    watch: &mut RelayWatch,
+    listener: &UnixListener,
+    signals: &mut Signals,
+) -> Trigger {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            exit = vm.wait() => return Trigger::VmExited(exit),
+            event = watch.events.recv() => match event {
+                Some(RelayEvent::Goodbye(_)) => return Trigger::Goodbye,
+                Some(RelayEvent::ShutdownRequested) => {
+                    return Trigger::Stop(TerminationReason::ShutdownRequested, "shutdown requested by a client".into())
+                }
+                Some(RelayEvent::AgentGone(err)) => {
+                    let detail = err.map(|e| super::error_line(&e)).unwrap_or_else(|| "agent port closed".into());
+                    return Trigger::Kill(TerminationReason::InternalError, detail);
+                }
+                None => return Trigger::Kill(TerminationReason::InternalError, "relay stopped".into()),
+            },
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let relay = relay.clone();
+                    tokio::spawn(async move { relay.serve_client(stream).await });
+                }
+            }
+            name = signals.recv() => return Trigger::Stop(TerminationReason::Signal, name.into()),
+            _ = tick.tick() => {
+                if let Some(trigger) = check_timers(config, started, watch) {
+                    return trigger;
+                }
+            }
+        }
+    }
+}
+
+/// The timer-driven endings: max duration, idle, detached client, silent agent.
+fn check_timers(config: &SandboxConfig, started: Instant, watch: &RelayWatch) -> Option<Trigger> {
+    let now = Instant::now();
+    if let Some(max) = config.max_duration() {
+        if now.duration_since(started) >= max {
+            return Some(Trigger::Stop(TerminationReason::MaxDurationExceeded, format!("ran for {max:?}")));
+        }
+    }
+    let activity = *watch.activity.borrow();
+    let idle_since = activity.changed_at.unwrap_or(started);
+    if activity.is_idle() {
+        if config.stop_when_detached && activity.clients_total > 0 {
+            return Some(Trigger::Stop(TerminationReason::Completed, "client detached".into()));
+        }
+        if config.stop_when_detached && now.duration_since(started) >= ATTACH_TIMEOUT {
+            return Some(Trigger::Stop(TerminationReason::Failed, "launching client never attached".into()));
+        }
+        if let Some(idle) = config.idle_timeout() {
+            if now.duration_since(idle_since) >= idle {
+                return Some(Trigger::Stop(TerminationReason::IdleTimeout, format!("idle for {idle:?}")));
+            }
+        }
+    }
+    let last_heartbeat = *watch.heartbeat.borrow();
+    if now.duration_since(last_heartbeat) >= HEARTBEAT_TIMEOUT {
+        return Some(Trigger::Kill(TerminationReason::AgentUnresponsive, format!("no heartbeat for {HEARTBEAT_TIMEOUT:?}")));
+    }
+    None
+}
+
+/// Waits for the agent's goodbye; false if it does not come in time.
+async fn wait_goodbye(watch: &mut RelayWatch, limit: Duration) -> bool {
+    let deadline = tokio::time::sleep(limit);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            event = watch.events.recv() => match event {
+                Some(RelayEvent::Goodbye(_)) => return true,
+                Some(RelayEvent::ShutdownRequested) => continue,
+                Some(RelayEvent::AgentGone(_)) | None => return false,
+            },
+            _ = &mut deadline => return false,
+        }
+    }
+}
+
+/// Waits a bounded time for the VM to exit, kills it if it does not, and builds the result.
+async fn finish(mut vm: Box<dyn RunningVm>, reason: TerminationReason, detail: String, clean: bool) -> Termination {
+    let exit = match tokio::time::timeout(SHUTDOWN_TIMEOUT, vm.wait()).await {
+        Ok(exit) => exit.ok(),
+        Err(_) => {
+            tracing::warn!("VM did not exit after shutdown; killing it");
+            let _ = vm.kill();
+            vm.wait().await.ok()
+        }
+    };
+    Termination { reason, clean, detail, vm_exit: exit }
+}

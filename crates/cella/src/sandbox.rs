@@ -1,0 +1,306 @@
+//! Creating sandboxes and talking to them.
+//!
+//! [`Sandbox::builder`] validates a configuration, writes it to the sandbox's directory and
+//! spawns the sandbox process that owns the VM; [`Starting::ready`] waits until the guest agent
+//! has answered (or returns the boot failure's real cause). A [`Sandbox`] then takes exec
+//! sessions over its socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::Duration;
+
+use cella_protocol::{ExecStart, Exited};
+use cella_runtime::config::{self, BackendKind, SandboxConfig};
+use cella_runtime::home::Home;
+use cella_runtime::launch::{self, PendingSandbox};
+
+use crate::client::{Connection, ExecIo};
+use crate::error::SandboxError;
+
+/// Environment variable naming the `cella` binary that runs sandbox processes.
+pub const BIN_ENV: &str = "CELLA_BIN";
+
+/// Builds and starts a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxBuilder {
+    config: SandboxConfig,
+    home: Option<Home>,
+    cella_bin: Option<PathBuf>,
+}
+
+impl SandboxBuilder {
+    fn new(name: &str) -> Self {
+        Self {
+            config: SandboxConfig {
+                name: name.to_string(),
+                rootfs: PathBuf::new(),
+                cpus: config::DEFAULT_CPUS,
+                memory_mib: config::DEFAULT_MEMORY_MIB,
+                env: Vec::new(),
+                workdir: None,
+                backend: BackendKind::Auto,
+                ephemeral: false,
+                stop_when_detached: false,
+                idle_timeout_secs: None,
+                max_duration_secs: None,
+                boot_timeout_secs: None,
+            },
+            home: None,
+            cella_bin: None,
+        }
+    }
+
+    /// Root filesystem directory; default: the home's default root built by setup.
+    pub fn rootfs(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.rootfs = dir.into();
+        self
+    }
+    /// vCPUs.
+    pub fn cpus(mut self, cpus: u8) -> Self {
+        self.config.cpus = cpus;
+        self
+    }
+    /// Guest memory in MiB.
+    pub fn memory_mib(mut self, mib: u32) -> Self {
+        self.config.memory_mib = mib;
+        self
+    }
+    /// Adds an environment variable for every process in the sandbox.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.env.push((key.into(), value.into()));
+        self
+    }
+    /// Default working directory of exec sessions.
+    pub fn workdir(mut self, dir: impl Into<String>) -> Self {
+        self.config.workdir = Some(dir.into());
+        self
+    }
+    /// VMM backend.
+    pub fn backend(mut self, backend: BackendKind) -> Self {
+        self.config.backend = backend;
+        self
+    }
+    /// Remove the sandbox once it stops.
+    pub fn ephemeral(mut self, ephemeral: bool) -> Self {
+        self.config.ephemeral = ephemeral;
+        self
+    }
+    /// Stop the sandbox once its first client has gone and no session is left.
+    pub fn stop_when_detached(mut self, stop: bool) -> Self {
+        self.config.stop_when_detached = stop;
+        self
+    }
+    /// Stop after this long without clients or sessions.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.config.idle_timeout_secs = Some(timeout.as_secs().max(1));
+        self
+    }
+    /// Stop after this long whatever runs.
+    pub fn max_duration(mut self, limit: Duration) -> Self {
+        self.config.max_duration_secs = Some(limit.as_secs().max(1));
+        self
+    }
+    /// Time the guest has to answer before the boot counts as failed.
+    pub fn boot_timeout(mut self, timeout: Duration) -> Self {
+        self.config.boot_timeout_secs = Some(timeout.as_secs().max(1));
+        self
+    }
+    /// Use this home instead of `CELLA_HOME` / `~/.cella`.
+    pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(Home::at(home.into()));
+        self
+    }
+    /// Use this `cella` binary to run the sandbox process.
+    pub fn cella_bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.cella_bin = Some(path.into());
+        self
+    }
+
+    /// Validates the configuration, records it and spawns the sandbox process.
+    pub fn spawn(self) -> Result<Starting, SandboxError> {
+        let home = match self.home {
+            Some(home) => home,
+            None => Home::from_env()?,
+        };
+        let mut config = self.config;
+        if config.rootfs.as_os_str().is_empty() {
+            config.rootfs = home.default_rootfs();
+        }
+        config::validate_rootfs(&config.rootfs)?;
+        config.rootfs = std::fs::canonicalize(&config.rootfs)
+            .map_err(|_| config::ConfigError::RootfsMissing { path: config.rootfs.clone() })?;
+        config.validate()?;
+        let bin = match self.cella_bin {
+            Some(bin) => bin,
+            None => find_cella_bin().ok_or(SandboxError::NoBinary)?,
+        };
+        home.ensure()?;
+        write_config(&home, &config)?;
+        let pending = match launch::spawn(&bin, &home, &config.name) {
+            Ok(pending) => pending,
+            Err(err) => {
+                let _ = std::fs::remove_dir_all(home.sandbox_dir(&config.name));
+                return Err(err.into());
+            }
+        };
+        let sandbox = Sandbox { name: config.name.clone(), home, child: None, config };
+        Ok(Starting { pending, sandbox })
+    }
+
+    /// Spawns the sandbox and waits until its guest is up.
+    pub async fn create(self) -> Result<Sandbox, SandboxError> {
+        self.spawn()?.ready().await
+    }
+}
+
+/// Writes the config into a new sandbox directory; the directory must not exist yet.
+fn write_config(home: &Home, config: &SandboxConfig) -> Result<(), SandboxError> {
+    let dir = home.sandbox_dir(&config.name);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(SandboxError::Exists { name: config.name.clone() })
+        }
+        Err(source) => return Err(SandboxError::Write { path: dir, source }),
+    }
+    let path = dir.join("config.json");
+    // SandboxConfig holds only strings, numbers and paths: serialising it cannot fail.
+    let text = serde_json::to_string_pretty(config).expect("sandbox config serialises");
+    std::fs::write(&path, text).map_err(|source| SandboxError::Write { path, source })
+}
+
+/// The `cella` binary: `CELLA_BIN`, else the running executable when it is `cella`, else PATH.
+pub fn find_cella_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os(BIN_ENV).filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(bin));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if exe.file_name().is_some_and(|n| n == "cella") {
+            return Some(exe);
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("cella")).find(|p| p.is_file())
+}
+
+/// A sandbox process that is booting its guest.
+pub struct Starting {
+    pending: PendingSandbox,
+    sandbox: Sandbox,
+}
+
+impl Starting {
+    /// Pid of the sandbox process.
+    pub fn pid(&self) -> u32 {
+        self.pending.pid()
+    }
+
+    /// Waits until the guest is up, or returns why it could not boot.
+    pub async fn ready(self) -> Result<Sandbox, SandboxError> {
+        let Self { pending, mut sandbox } = self;
+        let launched = tokio::task::spawn_blocking(move || pending.wait_ready())
+            .await
+            .expect("ready wait does not panic")?;
+        sandbox.child = Some(launched.child);
+        Ok(sandbox)
+    }
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    name: String,
+    home: Home,
+    child: Option<Child>,
+    config: SandboxConfig,
+}
+
+/// Collected result of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// How it ended.
+    pub exited: Exited,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Sandbox {
+    /// Starts building a sandbox called `name`.
+    pub fn builder(name: &str) -> SandboxBuilder {
+        SandboxBuilder::new(name)
+    }
+
+    /// The sandbox's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Opens a new connection to the sandbox.
+    pub async fn connect(&self) -> Result<Connection, SandboxError> {
+        Ok(Connection::connect(&self.home.client_socket(&self.name)).await?)
+    }
+
+    /// Runs `argv` with no stdin and collects its output.
+    pub async fn exec_output(&self, argv: &[&str]) -> Result<Output, SandboxError> {
+        let mut conn = self.connect().await?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let request = self.exec_request(argv.iter().map(|s| s.to_string()).collect());
+        let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, signals: None, resizes: None };
+        let exited = conn.exec(request, io).await?;
+        Ok(Output { exited, stdout, stderr })
+    }
+
+    /// Asks the sandbox to shut down and waits up to `timeout` for its process to exit.
+    pub async fn stop(mut self, timeout: Duration) -> Result<(), SandboxError> {
+        if let Ok(mut conn) = self.connect().await {
+            conn.request_shutdown().await?;
+        }
+        self.wait_exit(timeout).await;
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the sandbox process (if this handle started it) to exit.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        let waited = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return true;
+                }
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        waited.await.unwrap_or(false)
+    }
+
+    /// An exec request for `argv` with the sandbox's environment and working directory.
+    pub fn exec_request(&self, argv: Vec<String>) -> ExecStart {
+        ExecStart {
+            argv,
+            env: self.config.env.clone(),
+            cwd: self.config.workdir.clone(),
+            user: None,
+            tty: None,
+        }
+    }
+
+    /// Pid of the sandbox process, when this handle started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Path of the sandbox's directory.
+    pub fn dir(&self) -> PathBuf {
+        self.home.sandbox_dir(&self.name)
+    }
+
+    /// The home this sandbox lives in.
+    pub fn home_dir(&self) -> &Path {
+        self.home.root()
+    }
+}
