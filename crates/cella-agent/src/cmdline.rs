@@ -84,6 +84,13 @@ impl Default for BootConfig {
     }
 }
 
+impl BootConfig {
+    /// Whether the root or the upper layer lives on a block device.
+    pub fn uses_block_device(&self) -> bool {
+        matches!(self.root, RootSpec::Block { .. }) || matches!(self.upper, UpperSpec::Block { .. })
+    }
+}
+
 /// A `cella.*` parameter had a value the agent cannot honour.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CmdlineError {

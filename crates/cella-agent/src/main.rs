@@ -10,10 +10,14 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use cella_agent::error::chain;
 use cella_agent::{boot, port, serve, shutdown, AgentError, ReapScope, Reaper, ServeOptions};
 use cella_agent::{log_error, log_info};
+
+/// How long `--stdio` mode waits for its runtime's blocking threads at exit.
+const STDIO_SHUTDOWN_WAIT: Duration = Duration::from_millis(100);
 
 fn main() {
     if std::process::id() == 1 {
@@ -77,9 +81,12 @@ fn run_stdio() -> Result<cella_agent::ServeOutcome, AgentError> {
         .enable_all()
         .build()
         .map_err(AgentError::Runtime)?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let reaper = Reaper::start(ReapScope::Registered).map_err(AgentError::Runtime)?;
         let io = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
         Ok(serve(io, reaper, ServeOptions::default()).await?)
-    })
+    });
+    // tokio reads stdin on a blocking thread that may sit in read(2) forever; do not wait for it.
+    runtime.shutdown_timeout(STDIO_SHUTDOWN_WAIT);
+    result
 }

@@ -145,19 +145,35 @@ impl DbError {
     }
 
     /// Classifies a query failure: lock contention becomes [`DbError::Busy`].
-    pub(crate) fn query(operation: &'static str, subject: impl ToString, source: sqlx::Error) -> Self {
+    pub(crate) fn query(
+        operation: &'static str,
+        subject: impl ToString,
+        source: sqlx::Error,
+    ) -> Self {
         let subject = subject.to_string();
         if is_busy_error(&source) {
-            DbError::Busy { operation, subject, source }
+            DbError::Busy {
+                operation,
+                subject,
+                source,
+            }
         } else {
-            DbError::Query { operation, subject, source }
+            DbError::Query {
+                operation,
+                subject,
+                source,
+            }
         }
     }
 }
 
 /// SQLITE_BUSY (5) and SQLITE_LOCKED (6), including their extended codes.
 pub(crate) fn is_busy_error(error: &sqlx::Error) -> bool {
-    let Some(db) = error.as_database_error() else { return false };
+    let Some(db) = error.as_database_error() else {
+        return false;
+    };
     let Some(code) = db.code() else { return false };
-    code.parse::<i32>().map(|c| matches!(c & 0xff, 5 | 6)).unwrap_or(false)
+    code.parse::<i32>()
+        .map(|c| matches!(c & 0xff, 5 | 6))
+        .unwrap_or(false)
 }

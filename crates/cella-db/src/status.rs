@@ -116,7 +116,8 @@ text_enum! {
 
 impl SandboxStatus {
     /// Stopped or Crashed: no process belongs to the sandbox any more.
-    pub const TERMINAL: &'static [SandboxStatus] = &[SandboxStatus::Stopped, SandboxStatus::Crashed];
+    pub const TERMINAL: &'static [SandboxStatus] =
+        &[SandboxStatus::Stopped, SandboxStatus::Crashed];
 
     /// Statuses whose sandbox process is expected to be alive (or about to be).
     pub const ACTIVE: &'static [SandboxStatus] = &[

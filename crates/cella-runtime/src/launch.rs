@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
+use crate::lifecycle::LauncherLock;
 
 /// Longest report line the launcher reads; the sandbox process is ours, but a bound costs
 /// nothing.
@@ -124,10 +125,19 @@ pub struct LaunchedSandbox {
 }
 
 /// Spawns `cella_bin sandbox --name NAME` for `home`, detached from the caller's terminal.
-pub fn spawn(cella_bin: &Path, home: &Home, name: &str) -> Result<PendingSandbox, LaunchError> {
+///
+/// `lock` is the sandbox's launcher lock: the sandbox process inherits it and holds it for its
+/// whole life, so the lock is free exactly when no process of this sandbox is alive.
+pub fn spawn(
+    cella_bin: &Path,
+    home: &Home,
+    name: &str,
+    lock: Option<&LauncherLock>,
+) -> Result<PendingSandbox, LaunchError> {
     let spawn_err = |source| LaunchError::Spawn { binary: cella_bin.to_path_buf(), source };
     let (read_end, write_end) = nix::unistd::pipe().map_err(|e| spawn_err(e.into()))?;
-    let child = spawn_detached(cella_bin, home, name, &write_end).map_err(spawn_err)?;
+    let lock_fd = lock.map(|l| l.file().as_raw_fd());
+    let child = spawn_detached(cella_bin, home, name, &write_end, lock_fd).map_err(spawn_err)?;
     drop(write_end);
     let log = home.sandbox_dir(name).join("logs").join("runtime.log");
     Ok(PendingSandbox { child, report: read_end, name: name.to_string(), log })
@@ -164,10 +174,16 @@ impl PendingSandbox {
 
 /// Spawns a sandbox process and waits for its report.
 pub fn launch(cella_bin: &Path, home: &Home, name: &str) -> Result<LaunchedSandbox, LaunchError> {
-    spawn(cella_bin, home, name)?.wait_ready()
+    spawn(cella_bin, home, name, None)?.wait_ready()
 }
 
-fn spawn_detached(cella_bin: &Path, home: &Home, name: &str, write_end: &OwnedFd) -> std::io::Result<Child> {
+fn spawn_detached(
+    cella_bin: &Path,
+    home: &Home,
+    name: &str,
+    write_end: &OwnedFd,
+    lock_fd: Option<RawFd>,
+) -> std::io::Result<Child> {
     let fd = write_end.as_raw_fd();
     let args: Vec<OsString> =
         vec!["sandbox".into(), "--name".into(), name.into(), "--ready-fd".into(), fd.to_string().into()];
@@ -180,12 +196,14 @@ fn spawn_detached(cella_bin: &Path, home: &Home, name: &str, write_end: &OwnedFd
     // SAFETY: runs in the forked child before exec; setsid and fcntl are async-signal-safe and
     // the closure allocates nothing. It detaches the sandbox process from the launcher's
     // terminal (so terminal signals reach only the launcher) and keeps the pipe's write end
-    // open across exec (pipe() created it close-on-exec).
+    // open across exec (pipe() created it close-on-exec), and the launcher lock likewise.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+            for fd in std::iter::once(fd).chain(lock_fd) {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

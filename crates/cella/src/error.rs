@@ -65,6 +65,58 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// No sandbox has this name.
+    #[error("no sandbox named {name} (see `cella ls --all`)")]
+    NotFound {
+        /// The name.
+        name: String,
+    },
+    /// The sandbox is already running or starting.
+    #[error("sandbox {name} is already {status}")]
+    AlreadyActive {
+        /// The name.
+        name: String,
+        /// Its status.
+        status: String,
+    },
+    /// The sandbox is not running.
+    #[error("sandbox {name} is not running (it is {status})")]
+    NotRunning {
+        /// The name.
+        name: String,
+        /// Its status.
+        status: String,
+    },
+    /// The sandbox must be stopped before this operation.
+    #[error("sandbox {name} is {status}: stop it first, or pass --force")]
+    StillActive {
+        /// The name.
+        name: String,
+        /// Its status.
+        status: String,
+    },
+    /// Another process is starting or running this sandbox.
+    #[error("sandbox {name} is being started by another process")]
+    LauncherBusy {
+        /// The name.
+        name: String,
+    },
+    /// The sandbox process did not exit in time.
+    #[error("sandbox {name} (pid {pid}) did not stop within {waited:?}; try `cella stop --force {name}`")]
+    StopTimeout {
+        /// The name.
+        name: String,
+        /// Its sandbox process.
+        pid: i32,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    Db(#[from] cella_db::DbError),
+    /// Lifecycle bookkeeping failed.
+    #[error(transparent)]
+    Lifecycle(#[from] cella_runtime::lifecycle::LifecycleError),
     /// The `cella` binary that runs sandbox processes was not found.
     #[error("cannot find the cella binary: set CELLA_BIN or put cella on PATH")]
     NoBinary,

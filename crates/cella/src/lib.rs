@@ -15,9 +15,11 @@
 
 pub mod client;
 pub mod error;
+pub mod manage;
 pub mod sandbox;
 
 pub use cella_protocol::{ExecStart, Exited, SpawnFailure, WindowSize};
 pub use client::{Connection, ExecIo};
 pub use error::{ClientError, SandboxError};
+pub use manage::Cella;
 pub use sandbox::{find_cella_bin, Output, Sandbox, SandboxBuilder, Starting};

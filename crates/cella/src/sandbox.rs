@@ -12,10 +12,11 @@ use std::time::Duration;
 use cella_protocol::{ExecStart, Exited};
 use cella_runtime::config::{self, BackendKind, SandboxConfig};
 use cella_runtime::home::Home;
-use cella_runtime::launch::{self, PendingSandbox};
+use cella_runtime::launch::PendingSandbox;
 
 use crate::client::{Connection, ExecIo};
 use crate::error::SandboxError;
+use crate::manage::Cella;
 
 /// Environment variable naming the `cella` binary that runs sandbox processes.
 pub const BIN_ENV: &str = "CELLA_BIN";
@@ -116,13 +117,14 @@ impl SandboxBuilder {
         self
     }
 
-    /// Validates the configuration, records it and spawns the sandbox process.
-    pub fn spawn(self) -> Result<Starting, SandboxError> {
+    /// Validates the configuration and fills in the defaults (root, home, binary).
+    fn resolve(self) -> Result<(Home, SandboxConfig, PathBuf), SandboxError> {
         let home = match self.home {
             Some(home) => home,
             None => Home::from_env()?,
         };
         let mut config = self.config;
+        config::validate_name(&config.name)?;
         if config.rootfs.as_os_str().is_empty() {
             config.rootfs = home.default_rootfs();
         }
@@ -134,39 +136,27 @@ impl SandboxBuilder {
             Some(bin) => bin,
             None => find_cella_bin().ok_or(SandboxError::NoBinary)?,
         };
-        home.ensure()?;
-        write_config(&home, &config)?;
-        let pending = match launch::spawn(&bin, &home, &config.name) {
-            Ok(pending) => pending,
-            Err(err) => {
-                let _ = std::fs::remove_dir_all(home.sandbox_dir(&config.name));
-                return Err(err.into());
-            }
-        };
-        let sandbox = Sandbox { name: config.name.clone(), home, child: None, config };
-        Ok(Starting { pending, sandbox })
+        Ok((home, config, bin))
     }
 
-    /// Spawns the sandbox and waits until its guest is up.
+    /// Records the sandbox, stopped, without starting it (`cella create`).
+    pub async fn define(self) -> Result<(), SandboxError> {
+        let (home, config, _) = self.resolve()?;
+        Cella::open_at(home).await?.create(&config).await
+    }
+
+    /// Records the sandbox and spawns its sandbox process.
+    pub async fn spawn(self) -> Result<Starting, SandboxError> {
+        let (home, config, bin) = self.resolve()?;
+        let cella = Cella::open_at(home).await?;
+        cella.create(&config).await?;
+        cella.start(&config.name, &bin).await
+    }
+
+    /// Records the sandbox, spawns it and waits until its guest is up.
     pub async fn create(self) -> Result<Sandbox, SandboxError> {
-        self.spawn()?.ready().await
+        self.spawn().await?.ready().await
     }
-}
-
-/// Writes the config into a new sandbox directory; the directory must not exist yet.
-fn write_config(home: &Home, config: &SandboxConfig) -> Result<(), SandboxError> {
-    let dir = home.sandbox_dir(&config.name);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(SandboxError::Exists { name: config.name.clone() })
-        }
-        Err(source) => return Err(SandboxError::Write { path: dir, source }),
-    }
-    let path = dir.join("config.json");
-    // SandboxConfig holds only strings, numbers and paths: serialising it cannot fail.
-    let text = serde_json::to_string_pretty(config).expect("sandbox config serialises");
-    std::fs::write(&path, text).map_err(|source| SandboxError::Write { path, source })
 }
 
 /// The `cella` binary: `CELLA_BIN`, else the running executable when it is `cella`, else PATH.
@@ -190,6 +180,10 @@ pub struct Starting {
 }
 
 impl Starting {
+    pub(crate) fn new(pending: PendingSandbox, sandbox: Sandbox) -> Self {
+        Self { pending, sandbox }
+    }
+
     /// Pid of the sandbox process.
     pub fn pid(&self) -> u32 {
         self.pending.pid()
@@ -226,6 +220,10 @@ pub struct Output {
 }
 
 impl Sandbox {
+    pub(crate) fn from_parts(home: Home, config: SandboxConfig) -> Self {
+        Self { name: config.name.clone(), home, child: None, config }
+    }
+
     /// Starts building a sandbox called `name`.
     pub fn builder(name: &str) -> SandboxBuilder {
         SandboxBuilder::new(name)

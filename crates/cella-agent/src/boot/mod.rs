@@ -111,18 +111,21 @@ pub fn boot() -> Result<BootConfig, BootError> {
         crate::log_warn!("ignoring unknown kernel parameter {ignored}");
     }
 
-    let report = modules::load_all(
+    let skip = if config.uses_block_device() {
+        &[][..]
+    } else {
+        modules::BLOCK_ONLY_MODULES
+    };
+    let (list, dir) = (
         Path::new(modules::MODULE_LIST),
         Path::new(modules::MODULE_DIR),
     );
+    let report = modules::load_all(list, dir, skip);
     for failure in &report.failed {
         crate::log_warn!("{}", crate::error::chain(failure));
     }
-    crate::log_info!(
-        "modules: {} loaded, {} present",
-        report.loaded,
-        report.present
-    );
+    let (loaded, present, skipped) = (report.loaded, report.present, report.skipped);
+    crate::log_info!("modules: {loaded} loaded, {present} present, {skipped} skipped");
 
     mounts::assemble_root(&config)?;
     mounts::switch_root()?;

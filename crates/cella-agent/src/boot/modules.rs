@@ -8,6 +8,11 @@
 //! A failure is logged and loading continues with the next module: a missing optional driver
 //! must not stop the boot, and a missing essential one makes a later step (mount, port) fail
 //! with a clearer error. A missing list means a kernel with everything built in (krun).
+//!
+//! Modules only block devices need ([`BLOCK_ONLY_MODULES`]) are skipped when the command line
+//! names no block device: under TCG `ext4.ko` alone takes about 0.4 s to load, a tenth of a cold
+//! boot. Their dependencies (jbd2, mbcache, crc16) still load: they are cheap, and the agent does
+//! not know what else might need them.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -20,6 +25,10 @@ pub const MODULE_LIST: &str = "/etc/cella/modules";
 
 /// Where the listed module files are.
 pub const MODULE_DIR: &str = "/lib/modules";
+
+/// Modules only needed to use a block device (the root or upper disk). `crc32c_generic` is
+/// ext4's soft dependency (its checksums go through the crypto API, not a symbol).
+pub const BLOCK_ONLY_MODULES: &[&str] = &["virtio_blk", "ext4", "erofs", "crc32c_generic"];
 
 /// One module could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,8 @@ pub struct ModuleReport {
     pub loaded: usize,
     /// Modules that were already present.
     pub present: usize,
+    /// Modules skipped because this boot does not need them.
+    pub skipped: usize,
     /// Modules that failed.
     pub failed: Vec<ModuleError>,
 }
@@ -66,8 +77,14 @@ pub fn parse_list(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Loads every module named in `list` from `dir`. A missing list loads nothing.
-pub fn load_all(list: &Path, dir: &Path) -> ModuleReport {
+/// The module name of a file name: `ext4.ko` -> `ext4`, `-` read as `_` (as the kernel does).
+pub fn module_name(file: &str) -> String {
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// Loads every module named in `list` from `dir`, except those named in `skip`. A missing list
+/// loads nothing.
+pub fn load_all(list: &Path, dir: &Path, skip: &[&str]) -> ModuleReport {
     let mut report = ModuleReport::default();
     let Ok(text) = std::fs::read_to_string(list) else {
         crate::log_info!(
@@ -77,7 +94,19 @@ pub fn load_all(list: &Path, dir: &Path) -> ModuleReport {
         return report;
     };
     for name in parse_list(&text) {
-        match load_one(&dir.join(&name)) {
+        if skip.contains(&module_name(&name).as_str()) {
+            crate::log_debug!("module {name}: not needed for this boot");
+            report.skipped += 1;
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let result = load_one(&dir.join(&name));
+        crate::log_debug!(
+            "module {name}: {:?} in {:?}",
+            result.as_ref().ok(),
+            start.elapsed()
+        );
+        match result {
             Ok(true) => report.loaded += 1,
             Ok(false) => report.present += 1,
             Err(e) => report.failed.push(e),
@@ -117,9 +146,28 @@ mod tests {
     }
 
     #[test]
+    fn skipped_modules_are_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("modules"),
+            "ext4.ko\nvirtio-blk.ko\nmissing.ko\n",
+        )
+        .unwrap();
+        let report = load_all(&dir.path().join("modules"), dir.path(), BLOCK_ONLY_MODULES);
+        assert_eq!((report.skipped, report.failed.len()), (2, 1));
+    }
+
+    #[test]
+    fn module_names_drop_the_suffix_and_normalise_dashes() {
+        assert_eq!(module_name("ext4.ko"), "ext4");
+        assert_eq!(module_name("virtio-blk.ko.xz"), "virtio_blk");
+        assert_eq!(module_name("plain"), "plain");
+    }
+
+    #[test]
     fn missing_list_loads_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let report = load_all(&dir.path().join("modules"), dir.path());
+        let report = load_all(&dir.path().join("modules"), dir.path(), &[]);
         assert_eq!(
             (report.loaded, report.present, report.failed.len()),
             (0, 0, 0)
@@ -130,7 +178,7 @@ mod tests {
     fn missing_module_file_is_reported_and_loading_continues() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("modules"), "a.ko\nb.ko\n").unwrap();
-        let report = load_all(&dir.path().join("modules"), dir.path());
+        let report = load_all(&dir.path().join("modules"), dir.path(), &[]);
         assert_eq!(report.failed.len(), 2);
         assert!(matches!(report.failed[0], ModuleError::Open { .. }));
     }

@@ -41,6 +41,11 @@ impl Dispatcher {
         grace: Duration,
     ) -> Result<ServeOutcome, ServeError> {
         self.draining = true;
+        // A session queues its `Ended` event right after its `Exited` frame, so anything the
+        // host has seen end is in the queue by now: apply it before counting.
+        while let Ok(event) = self.events.try_recv() {
+            self.on_event(event);
+        }
         let killed = self.sessions.values().filter(|s| s.running).count() as u32;
         crate::log_info!("shutdown requested: {killed} running session(s), grace {grace:?}");
 

@@ -86,7 +86,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let builder = builder(&args)?;
     let mut signals = ForwardedSignals::install()?;
 
-    let starting = builder.spawn()?;
+    let starting = builder.spawn().await?;
     let pid = starting.pid();
     let ready = starting.ready();
     tokio::pin!(ready);

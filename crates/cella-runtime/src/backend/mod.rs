@@ -32,6 +32,9 @@ pub struct VmSpec {
     pub initramfs: PathBuf,
     /// Host directory attached read-only as the guest's lower root.
     pub rootfs: PathBuf,
+    /// Writable disk holding the guest's upper layer (persistent sandboxes); `None` gives the
+    /// guest a tmpfs upper layer that vanishes with the VM.
+    pub upper_disk: Option<PathBuf>,
     /// Where the VMM connects the agent's console port (a Unix socket path the backend binds).
     pub port_socket: PathBuf,
     /// File receiving the guest kernel console.

@@ -86,6 +86,9 @@ pub fn kernel_cmdline(spec: &VmSpec, accel: Accel, host_khz: Option<u64>) -> Str
         "cella.root=9p:rootfs".into(),
         format!("cella.hostname={}", spec.name),
     ];
+    if spec.upper_disk.is_some() {
+        args.push("cella.upper=blk:/dev/vda".into());
+    }
     if let (Accel::Tcg, Some(khz)) = (accel, host_khz) {
         args.push(format!("tsc_early_khz={khz}"));
         args.push(format!("lpj={}", khz * 1000 / GUEST_HZ));
@@ -118,6 +121,11 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, host_khz: Option<u64>) -> Vec<OsSt
         qemu_escape(&spec.rootfs)
     );
     push(&["-fsdev", &fsdev, "-device", "virtio-9p-device,fsdev=rootfs,mount_tag=rootfs"]);
+
+    if let Some(disk) = &spec.upper_disk {
+        let drive = format!("file={},if=none,id=upper,format=raw,discard=unmap", qemu_escape(disk));
+        push(&["-drive", &drive, "-device", "virtio-blk-device,drive=upper"]);
+    }
     args
 }
 
@@ -239,6 +247,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initramfs: "/k/init.cpio".into(),
             rootfs: "/roots/a,b".into(),
+            upper_disk: None,
             port_socket: "/run/t1.port".into(),
             console_log: "/s/console.log".into(),
             vmm_log: "/s/vmm.log".into(),
@@ -253,6 +262,17 @@ mod tests {
         let line = kernel_cmdline(&spec(), Accel::Tcg, Some(2_445_426));
         assert!(line.contains("tsc_early_khz=2445426"));
         assert!(line.contains(&format!("lpj={}", 2_445_426u64 * 1000 / 250)));
+    }
+
+    #[test]
+    fn persistent_upper_layer_is_a_virtio_disk() {
+        let mut spec = spec();
+        assert!(!kernel_cmdline(&spec, Accel::Tcg, None).contains("cella.upper"));
+        spec.upper_disk = Some("/s/upper.ext4".into());
+        assert!(kernel_cmdline(&spec, Accel::Tcg, None).contains("cella.upper=blk:/dev/vda"));
+        let args: Vec<String> =
+            qemu_args(&spec, Accel::Tcg, None).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert!(args.iter().any(|a| a.starts_with("file=/s/upper.ext4,")));
     }
 
     #[test]

@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 
 use cella_db::{CleanupClaim, Db, RunStatus, SandboxKey, SandboxSummary};
 
-use crate::home::Home;
 use super::liveness::{is_alive, ProcessIdentity};
 use super::LifecycleError;
+use crate::home::Home;
 
 /// How a cleanup attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,10 +106,17 @@ async fn remove(
     let dir = home.sandbox_dir(&sandbox.name);
     if let Err(source) = remove_dir(dir.clone()).await {
         db.release_cleanup_claim(sandbox.id, &token).await?;
-        return Err(LifecycleError::RemoveDir { name: sandbox.name.clone(), path: dir, source });
+        return Err(LifecycleError::RemoveDir {
+            name: sandbox.name.clone(),
+            path: dir,
+            source,
+        });
     }
 
-    if db.delete_claimed_sandbox(sandbox.id, &token, ephemeral_only).await? {
+    if db
+        .delete_claimed_sandbox(sandbox.id, &token, ephemeral_only)
+        .await?
+    {
         tracing::info!(sandbox = %sandbox.name, "removed sandbox");
         return Ok(CleanupOutcome::Removed);
     }
@@ -122,7 +129,11 @@ async fn remove(
 
 /// A run marked Running whose process is alive and is not the caller.
 fn has_live_run(summary: &SandboxSummary) -> bool {
-    let Some(run) = summary.latest_run.as_ref().filter(|r| r.status == RunStatus::Running) else {
+    let Some(run) = summary
+        .latest_run
+        .as_ref()
+        .filter(|r| r.status == RunStatus::Running)
+    else {
         return false;
     };
     let recorded = ProcessIdentity::from_run(run);

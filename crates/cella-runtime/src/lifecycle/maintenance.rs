@@ -30,12 +30,10 @@
 
 use std::time::{Duration, Instant};
 
-use cella_db::{
-    now_ms, Db, LeaseGrant, SandboxStatus, SandboxSummary, SANDBOX_MAINTENANCE_LEASE,
-};
+use cella_db::{now_ms, Db, LeaseGrant, SandboxStatus, SandboxSummary, SANDBOX_MAINTENANCE_LEASE};
 
-use crate::home::Home;
 use super::{cleanup_sandbox, reconcile_summary, CleanupOutcome};
+use crate::home::Home;
 
 /// How long a sweeper holds the lease: forty times the sweep budget, so a live sweeper never
 /// loses it, and short enough that a sweeper killed mid-way is replaced within seconds.
@@ -133,7 +131,10 @@ async fn acquire(db: &Db) -> Result<LeaseGrant, SkipReason> {
         }
     }
 
-    match db.try_acquire_lease(name, now, LEASE_DURATION, MIN_SWEEP_INTERVAL).await {
+    match db
+        .try_acquire_lease(name, now, LEASE_DURATION, MIN_SWEEP_INTERVAL)
+        .await
+    {
         Ok(Some(grant)) => Ok(grant),
         Ok(None) => Err(SkipReason::LostRace),
         Err(e) => {
@@ -171,7 +172,8 @@ async fn reconcile_phase(db: &Db, home: &Home, deadline: Instant, report: &mut S
             Ok(_) => {}
             Err(e) => {
                 report.errors += 1;
-                tracing::warn!(sandbox = %summary.sandbox.name, error = %e, "cannot reconcile sandbox");
+                let sandbox = &summary.sandbox.name;
+                tracing::warn!(%sandbox, error = %e, "cannot reconcile sandbox");
             }
         }
     }
@@ -193,7 +195,8 @@ async fn cleanup_phase(db: &Db, home: &Home, deadline: Instant, report: &mut Swe
             Ok(_) => {}
             Err(e) => {
                 report.errors += 1;
-                tracing::warn!(sandbox = %summary.sandbox.name, error = %e, "cannot clean up sandbox");
+                let sandbox = &summary.sandbox.name;
+                tracing::warn!(%sandbox, error = %e, "cannot clean up sandbox");
             }
         }
     }
@@ -205,7 +208,10 @@ async fn select(
     statuses: &[SandboxStatus],
     report: &mut SweepReport,
 ) -> Option<Vec<SandboxSummary>> {
-    match db.sandboxes_in_status(ephemeral, statuses, MAX_ROWS_PER_PHASE).await {
+    match db
+        .sandboxes_in_status(ephemeral, statuses, MAX_ROWS_PER_PHASE)
+        .await
+    {
         Ok(rows) => Some(rows),
         Err(e) => {
             report.errors += 1;

@@ -20,13 +20,12 @@
 //! itself is a normal outcome ([`ReconcileOutcome::LostRace`]), not an error.
 
 use cella_db::{
-    Db, RunEnd, RunRow, RunStatus, SandboxKey, SandboxStatus, SandboxSummary,
-    TerminationReason,
+    Db, RunEnd, RunRow, RunStatus, SandboxKey, SandboxStatus, SandboxSummary, TerminationReason,
 };
 
-use crate::home::Home;
 use super::liveness::{check_liveness, HostProc, Liveness, ProcessIdentity};
 use super::{LauncherLock, LifecycleError};
+use crate::home::Home;
 
 /// What reconciling one sandbox did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +51,20 @@ pub enum ReconcileOutcome {
 impl ReconcileOutcome {
     /// True when this call changed the database.
     pub fn changed(self) -> bool {
-        matches!(self, Self::MarkedCrashed | Self::MarkedStopped | Self::ClosedStaleRun)
+        matches!(
+            self,
+            Self::MarkedCrashed | Self::MarkedStopped | Self::ClosedStaleRun
+        )
     }
 }
 
 /// True when the summary could be stale: an active status or a run still marked Running.
 pub fn needs_reconcile(summary: &SandboxSummary) -> bool {
     summary.sandbox.status.is_active()
-        || summary.latest_run.as_ref().is_some_and(|r| r.status == RunStatus::Running)
+        || summary
+            .latest_run
+            .as_ref()
+            .is_some_and(|r| r.status == RunStatus::Running)
 }
 
 /// Reads one sandbox and reconciles it.
@@ -76,10 +81,7 @@ pub async fn reconcile_sandbox(
 
 /// Lists every sandbox with its latest run, reconciling each stale-looking row first (what `ls`
 /// shows). Re-reads the list only when something changed.
-pub async fn list_reconciled(
-    db: &Db,
-    home: &Home,
-) -> Result<Vec<SandboxSummary>, LifecycleError> {
+pub async fn list_reconciled(db: &Db, home: &Home) -> Result<Vec<SandboxSummary>, LifecycleError> {
     let summaries = db.list_sandbox_summaries().await?;
     let mut changed = false;
     for summary in summaries.iter().filter(|s| needs_reconcile(s)) {
@@ -99,11 +101,16 @@ pub async fn reconcile_summary(
     summary: &SandboxSummary,
 ) -> Result<ReconcileOutcome, LifecycleError> {
     let status = summary.sandbox.status;
-    match summary.latest_run.as_ref().filter(|r| r.status == RunStatus::Running) {
+    match summary
+        .latest_run
+        .as_ref()
+        .filter(|r| r.status == RunStatus::Running)
+    {
         Some(run) => match check_liveness(&HostProc, &ProcessIdentity::from_run(run)) {
             Liveness::Alive => Ok(ReconcileOutcome::Alive),
             Liveness::Dead(why) => {
-                tracing::debug!(sandbox = %summary.sandbox.name, pid = run.pid, ?why, "run is dead");
+                let sandbox = &summary.sandbox.name;
+                tracing::debug!(%sandbox, pid = run.pid, ?why, "run process is dead");
                 close_dead_run(db, summary, run).await
             }
         },
@@ -139,10 +146,16 @@ async fn close_dead_run(
 
     if !sandbox.status.is_active() {
         let closed = db.finish_run(run.id, &end).await?;
-        return Ok(if closed { ReconcileOutcome::ClosedStaleRun } else { ReconcileOutcome::LostRace });
+        return Ok(if closed {
+            ReconcileOutcome::ClosedStaleRun
+        } else {
+            ReconcileOutcome::LostRace
+        });
     }
 
-    let finish = db.finish_run_and_set_status(run.id, &end, to, &[sandbox.status]).await?;
+    let finish = db
+        .finish_run_and_set_status(run.id, &end, to, &[sandbox.status])
+        .await?;
     if finish.status_changed {
         tracing::info!(sandbox = %sandbox.name, pid = run.pid, from = %sandbox.status, %to,
             "sandbox process is gone; recorded its end");

@@ -27,6 +27,13 @@ const CONSOLE_TAIL_LINES: usize = 15;
 /// How often the agent sends a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
+/// File name of a persistent sandbox's upper-layer disk inside its directory.
+pub const UPPER_DISK_NAME: &str = "upper.ext4";
+
+/// Size of a persistent sandbox's upper-layer disk. The file is sparse: it takes host space only
+/// for what the guest writes.
+const UPPER_DISK_BYTES: u64 = 8 << 30;
+
 /// Booting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -53,6 +60,14 @@ pub enum BootError {
         log: PathBuf,
         /// Its last lines.
         tail: String,
+    },
+    /// The persistent upper-layer disk could not be created.
+    #[error("cannot create the sandbox disk {path} (mkfs.ext4 from e2fsprogs is required): {detail}")]
+    UpperDisk {
+        /// The disk image.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
     },
     /// The agent's first frame was not a valid hello.
     #[error("guest agent handshake failed")]
@@ -81,6 +96,13 @@ pub async fn boot(home: &Home, config: &SandboxConfig) -> Result<Booted, BootErr
     let assets = BootAssets::load(&home.kernel_dir())?;
     backend::select(config.backend)?;
     let logs = home.sandbox_dir(&config.name).join("logs");
+    let upper_disk = if config.ephemeral {
+        None
+    } else {
+        let path = home.sandbox_dir(&config.name).join(UPPER_DISK_NAME);
+        ensure_upper_disk(&path).await?;
+        Some(path)
+    };
     let spec = VmSpec {
         name: config.name.clone(),
         cpus: config.cpus,
@@ -88,6 +110,7 @@ pub async fn boot(home: &Home, config: &SandboxConfig) -> Result<Booted, BootErr
         kernel: assets.vmlinux,
         initramfs: assets.initramfs,
         rootfs: config.rootfs.clone(),
+        upper_disk,
         port_socket: home.agent_port_socket(&config.name),
         console_log: logs.join("console.log"),
         vmm_log: logs.join("vmm.log"),
@@ -146,4 +169,28 @@ async fn handshake(
     let frame = ack.to_frame(CONTROL_STREAM).map_err(BootError::Handshake)?;
     writer.send(frame).await.map_err(BootError::Handshake)?;
     Ok(hello)
+}
+
+/// Creates the sparse ext4 disk that holds a persistent sandbox's writes, once. A half-made
+/// disk is never left under the final name: it is built under a temporary name and renamed.
+async fn ensure_upper_disk(path: &std::path::Path) -> Result<(), BootError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let fail = |detail: String| BootError::UpperDisk { path: path.to_path_buf(), detail };
+    let partial = path.with_extension("partial");
+    let file = std::fs::File::create(&partial).map_err(|e| fail(e.to_string()))?;
+    file.set_len(UPPER_DISK_BYTES).map_err(|e| fail(e.to_string()))?;
+    drop(file);
+    let output = tokio::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .arg(&partial)
+        .output()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_file(&partial);
+        return Err(fail(String::from_utf8_lossy(&output.stderr).trim().to_string()));
+    }
+    std::fs::rename(&partial, path).map_err(|e| fail(e.to_string()))
 }

@@ -13,14 +13,19 @@
 //! proper goodbye, which decides Stopped versus Crashed.
 
 pub mod boot;
+pub mod record;
 pub mod supervise;
 
 use std::time::Duration;
 
+use cella_db::Db;
+
 use crate::config::SandboxConfig;
 use crate::home::Home;
 use crate::launch::{ReadyReport, ReadyReporter};
+use crate::lifecycle::LifecycleError;
 use crate::relay::Relay;
+use record::RunRecord;
 
 pub use supervise::Termination;
 
@@ -40,6 +45,18 @@ pub enum SandboxError {
     /// A directory or socket could not be set up.
     #[error(transparent)]
     Home(#[from] crate::home::HomeError),
+    /// The state database or the run record failed.
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+    /// The config stored in the database does not parse.
+    #[error("stored config of sandbox {name} is malformed")]
+    StoredConfig {
+        /// The sandbox.
+        name: String,
+        /// Parser error.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The client socket could not be bound.
     #[error("cannot listen on {path}")]
     Listen {
@@ -63,42 +80,59 @@ pub enum SandboxError {
 /// Runs the sandbox `name` to completion. Returns the process's exit status: 0 when the run
 /// ended in an orderly way, 1 otherwise.
 pub async fn run(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
-    let config = match prepare(&home, name) {
-        Ok(config) => config,
+    let (config, record) = match prepare(&home, name).await {
+        Ok(prepared) => prepared,
         Err(err) => {
             reporter.report(&ReadyReport::Failed { error: error_line(&err) });
             return 1;
         }
     };
-    let termination = serve(&home, &config, &mut reporter).await;
-    teardown(&home, &config);
-    match termination {
+    let maintenance = {
+        let (db, home) = (record.db().clone(), home.clone());
+        tokio::spawn(async move { crate::lifecycle::run_startup_maintenance(&db, &home).await })
+    };
+    let status = match serve(&home, &config, &record, &mut reporter).await {
         Ok(t) => {
-            tracing::info!(sandbox = %name, reason = %t.reason, clean = t.clean, "sandbox stopped");
+            tracing::info!(sandbox = %name, reason = %t.reason, clean = t.clean, detail = %t.detail, "sandbox stopped");
+            record.finish(&t).await;
             if t.clean { 0 } else { 1 }
         }
         Err(err) => {
             let line = error_line(&err);
             tracing::error!(sandbox = %name, error = %line, "sandbox failed to start");
+            record.boot_failed(&line).await;
             reporter.report(&ReadyReport::Failed { error: line });
             1
         }
-    }
+    };
+    // The sweep never blocks the boot, but it should not be cut off mid-write either.
+    let _ = tokio::time::timeout(Duration::from_secs(1), maintenance).await;
+    teardown(&home, &config, record.db()).await;
+    status
 }
 
-fn prepare(home: &Home, name: &str) -> Result<SandboxConfig, SandboxError> {
+async fn prepare(home: &Home, name: &str) -> Result<(SandboxConfig, RunRecord), SandboxError> {
     crate::config::validate_name(name)?;
-    let config = SandboxConfig::load(&home.sandbox_dir(name).join("config.json"))?;
-    config.validate()?;
     home.ensure()?;
     crate::home::create_private_dir(&home.sandbox_dir(name).join("logs"))?;
     for socket in [home.client_socket(name), home.agent_port_socket(name)] {
         crate::home::check_socket_path(&socket)?;
     }
-    Ok(config)
+    let db = Db::open(home.db_path()).await.map_err(LifecycleError::from)?;
+    let row = db.sandbox(name).await.map_err(LifecycleError::from)?;
+    let config: SandboxConfig = serde_json::from_value(row.config)
+        .map_err(|source| SandboxError::StoredConfig { name: name.to_string(), source })?;
+    config.validate()?;
+    let record = RunRecord::begin(db, name).await?;
+    Ok((config, record))
 }
 
-async fn serve(home: &Home, config: &SandboxConfig, reporter: &mut ReadyReporter) -> Result<Termination, SandboxError> {
+async fn serve(
+    home: &Home,
+    config: &SandboxConfig,
+    record: &RunRecord,
+    reporter: &mut ReadyReporter,
+) -> Result<Termination, SandboxError> {
     let socket = home.client_socket(&config.name);
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
@@ -112,6 +146,9 @@ async fn serve(home: &Home, config: &SandboxConfig, reporter: &mut ReadyReporter
     tracing::info!(sandbox = %config.name, accelerator = booted.accelerator,
         boot_ms = booted.boot_time.as_millis() as u64, agent = %booted.hello.agent_version, "guest is up");
     let (relay, watch) = Relay::start(booted.reader, booted.writer, booted.hello);
+    if let Err(e) = record.running().await {
+        tracing::warn!(sandbox = %config.name, error = %e, "cannot mark the sandbox Running");
+    }
     reporter.report(&ReadyReport::Ready {
         pid: std::process::id(),
         accelerator: booted.accelerator.to_string(),
@@ -120,13 +157,13 @@ async fn serve(home: &Home, config: &SandboxConfig, reporter: &mut ReadyReporter
     Ok(supervise::supervise(config, booted.vm, relay, watch, listener, &mut signals).await)
 }
 
-fn teardown(home: &Home, config: &SandboxConfig) {
+async fn teardown(home: &Home, config: &SandboxConfig, db: &Db) {
     let _ = std::fs::remove_file(home.client_socket(&config.name));
     let _ = std::fs::remove_file(home.agent_port_socket(&config.name));
     if config.ephemeral {
-        let dir = home.sandbox_dir(&config.name);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            tracing::warn!(sandbox = %config.name, dir = %dir.display(), error = %e, "cannot remove ephemeral sandbox directory");
+        match crate::lifecycle::cleanup_sandbox(db, home, config.name.as_str()).await {
+            Ok(outcome) => tracing::debug!(sandbox = %config.name, ?outcome, "ephemeral cleanup"),
+            Err(e) => tracing::warn!(sandbox = %config.name, error = %e, "ephemeral cleanup failed; the next sweep retries"),
         }
     }
 }

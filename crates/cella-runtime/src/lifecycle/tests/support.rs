@@ -13,7 +13,9 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::home::Home;
-use crate::lifecycle::{cleanup_sandbox, run_startup_maintenance, MaintenanceOutcome, ProcessIdentity};
+use crate::lifecycle::{
+    cleanup_sandbox, run_startup_maintenance, MaintenanceOutcome, ProcessIdentity,
+};
 
 /// Env var that turns this test binary into a worker process; its value is the role.
 const WORKER_ENV: &str = "CELLA_LIFECYCLE_TEST_WORKER";
@@ -35,7 +37,11 @@ impl TestHome {
         let home = Home::at(dir.path().join("home"));
         home.ensure().unwrap();
         let db = Db::open(home.db_path()).await.unwrap();
-        Self { _dir: dir, home, db }
+        Self {
+            _dir: dir,
+            home,
+            db,
+        }
     }
 
     /// Inserts a sandbox and gives it a directory with nested content.
@@ -63,9 +69,17 @@ impl TestHome {
         status: SandboxStatus,
     ) -> (SandboxRow, RunRow) {
         let row = self.sandbox(name, ephemeral, SandboxStatus::Starting).await;
-        let run = self.db.insert_run(row.id, &owner.to_new_run()).await.unwrap();
+        let run = self
+            .db
+            .insert_run(row.id, &owner.to_new_run())
+            .await
+            .unwrap();
         if status != SandboxStatus::Starting {
-            assert!(self.db.set_sandbox_status(row.id, status, &[SandboxStatus::Starting]).await.unwrap());
+            assert!(self
+                .db
+                .set_sandbox_status(row.id, status, &[SandboxStatus::Starting])
+                .await
+                .unwrap());
         }
         (self.db.sandbox(row.id).await.unwrap(), run)
     }
@@ -86,7 +100,11 @@ pub struct Sleeper {
 
 impl Sleeper {
     pub fn spawn() -> Self {
-        let child = Command::new("sleep").arg("1000").stdin(Stdio::null()).spawn().unwrap();
+        let child = Command::new("sleep")
+            .arg("1000")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
         Self { child: Some(child) }
     }
 
@@ -101,9 +119,14 @@ impl Sleeper {
     /// Sends SIGKILL and leaves the child a zombie (not reaped).
     pub fn kill_without_reaping(&self) {
         kill(Pid::from_raw(self.pid()), Signal::SIGKILL).unwrap();
-        wait_until(|| fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
-            .unwrap_or(false));
+        wait_until(|| {
+            fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                .map(|s| {
+                    s.rsplit_once(')')
+                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        });
     }
 
     /// `kill -9`, then reaps the child: its pid is gone.
@@ -133,10 +156,19 @@ impl TmpfsMount {
     /// Mounts a tmpfs at `path` (created if missing). Needs root, as the suite does.
     pub fn new(path: &Path) -> Self {
         fs::create_dir_all(path).unwrap();
-        mount(Some("none"), path, Some("tmpfs"), MsFlags::empty(), None::<&str>)
-            .unwrap_or_else(|e| panic!("mount tmpfs on {} (tests run as root): {e}", path.display()));
+        mount(
+            Some("none"),
+            path,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("mount tmpfs on {} (tests run as root): {e}", path.display()));
         fs::write(path.join("inside"), "x").unwrap();
-        Self { path: path.to_owned(), mounted: true }
+        Self {
+            path: path.to_owned(),
+            mounted: true,
+        }
     }
 
     pub fn unmount(&mut self) {
@@ -166,7 +198,10 @@ pub fn wait_until(mut cond: impl FnMut() -> bool) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// What a worker process does.
@@ -185,7 +220,11 @@ pub fn run_workers(role: WorkerRole, count: usize, home: &Home, sandbox: &str) -
     let children: Vec<Child> = (0..count)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "lifecycle::tests::support::worker_entry", "--nocapture"])
+                .args([
+                    "--exact",
+                    "lifecycle::tests::support::worker_entry",
+                    "--nocapture",
+                ])
                 .args(["--test-threads=1"])
                 .env(WORKER_ENV, format!("{role:?}"))
                 .env(HOME_ENV, home.root())
@@ -202,8 +241,11 @@ pub fn run_workers(role: WorkerRole, count: usize, home: &Home, sandbox: &str) -
         .map(|child| {
             let out = child.wait_with_output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let line = text.lines().find_map(|l| l.split_once(RESULT_MARK).map(|(_, r)| r));
-            line.map(str::to_owned).unwrap_or_else(|| format!("no result (status {})", out.status))
+            let line = text
+                .lines()
+                .find_map(|l| l.split_once(RESULT_MARK).map(|(_, r)| r));
+            line.map(str::to_owned)
+                .unwrap_or_else(|| format!("no result (status {})", out.status))
         })
         .collect()
 }
@@ -211,13 +253,18 @@ pub fn run_workers(role: WorkerRole, count: usize, home: &Home, sandbox: &str) -
 /// The worker process: a no-op in a normal test run.
 #[test]
 fn worker_entry() {
-    let Ok(role) = std::env::var(WORKER_ENV) else { return };
+    let Ok(role) = std::env::var(WORKER_ENV) else {
+        return;
+    };
     let home = Home::at(std::env::var(HOME_ENV).unwrap());
     let name = std::env::var(NAME_ENV).unwrap();
     let start: u64 = std::env::var(START_ENV).unwrap().parse().unwrap();
     std::thread::sleep(Duration::from_millis(start.saturating_sub(now_ms())));
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let result = rt.block_on(async {
         let db = match Db::open(home.db_path()).await {
             Ok(db) => db,
