@@ -5,7 +5,8 @@ A smoke test of the guest side, independent of the Rust host runtime: builds a t
 initramfs with the given agent as /init (scripts/build-initramfs --output, so current.json is
 not touched), boots it on the microvm machine with a read-only virtio-9p root, then over the
 virtio-console port: Hello -> HelloAck -> a few ExecStart sessions (output, exit code, stderr,
-spawn failure, a write that must land in the overlay, not the host root) -> Shutdown ->
+spawn failure, a write that must land in the overlay, not the host root, the mounts, a tty,
+loopback, orphan reaping) -> Shutdown ->
 Goodbye -> GoodbyeAck, and checks that QEMU exits (the guest powered off).
 
 Usage: scripts/agent-smoke.py [--agent BIN] [--root DIR] [--kernel-dir DIR] [--debug]
@@ -165,6 +166,22 @@ def converse(conn, root, t0, bench_commands):
     mounts = out.decode(errors="replace")
     for needed in ("/ overlay", "/proc proc", "/dev devtmpfs", "/dev/pts devpts", "/tmp tmpfs"):
         check(needed in mounts, f"missing mount {needed!r} in {mounts!r}")
+
+    _, out, _, exited = conn.exec(5, ["sh", "-c", "tty; test -t 0 && echo is-a-tty"],
+                                  tty=dict(rows=24, cols=80))
+    check(b"/dev/pts/" in out and b"is-a-tty" in out, f"tty session: {out!r} {exited}")
+
+    # Orphans are reaped by PID 1: no zombie may remain once the background sleep ends.
+    conn.exec(6, ["sh", "-c", "sleep 0.2 & exit 0"])
+    _, out, _, _ = conn.exec(7, ["sh", "-c", "sleep 1; cat /sys/class/net/lo/flags; "
+                                 "grep -l 'State:.*Z' /proc/[0-9]*/status | wc -l"])
+    flags, zombies = out.split()
+    check(int(flags, 16) & 1, f"loopback is not up (flags {flags!r})")
+    check(zombies == b"0", f"{zombies!r} zombie(s) left")
+
+    _, out, _, exited = conn.exec(8, ["sh", "-c", "id -u; id -g; echo $HOME"], user="4242")
+    check(out == b"4242\n4242\n/\n", f"numeric user: {out!r} {exited}")
+
     benches = bench(conn, bench_commands)
 
     conn.send("Shutdown", 0, dict(grace_ms=2000))

@@ -59,9 +59,14 @@ fn control_frames() -> Vec<Frame> {
         ErrorMessage { code: ErrorCode::UnknownSession, message: "no session 9".into() }
             .to_frame(9)
             .unwrap(),
-        Welcome { protocol_version: PROTOCOL_VERSION, first_stream: 256, stream_count: 256, agent: hello() }
-            .to_frame(0)
-            .unwrap(),
+        Welcome {
+            protocol_version: PROTOCOL_VERSION,
+            first_stream: 256,
+            stream_count: 256,
+            agent: hello(),
+        }
+        .to_frame(0)
+        .unwrap(),
     ];
     frames.extend(exited().iter().map(|e| e.to_frame(s).unwrap()));
     frames
@@ -110,7 +115,8 @@ fn main() {
     let msgs_dir = root.join("decode_messages");
     std::fs::create_dir_all(&msgs_dir).unwrap();
     for (i, frame) in control_frames().iter().enumerate() {
-        let seed = [vec![frame.kind as u8 - 1, frame.stream as u8], frame.payload.to_vec()].concat();
+        let seed =
+            [vec![frame.kind as u8 - 1, frame.stream as u8], frame.payload.to_vec()].concat();
         write(&msgs_dir, &format!("{:02}_{:?}", i, frame.kind).to_lowercase(), &seed);
     }
     println!("seeds written to {}", root.display());

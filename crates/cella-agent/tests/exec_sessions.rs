@@ -140,15 +140,27 @@ async fn signal_reaches_the_process_group() {
 async fn background_grandchild_holding_the_pipe_does_not_hang_the_session() {
     let mut host = Host::start().await;
     let begin = Instant::now();
-    host.exec(1, &["sh", "-c", "sleep 30 & echo done"]).await;
+    host.exec(1, &["sh", "-c", "sleep 6 & echo done"]).await;
     let log = host.run_to_exit(1, true).await;
     assert_eq!(log.stdout, b"done\n");
     assert_eq!(log.exited, Some(Exited::Code { code: 0 }));
     assert!(
-        begin.elapsed() < Duration::from_secs(10),
+        begin.elapsed() < Duration::from_secs(5),
         "took {:?}",
         begin.elapsed()
     );
+}
+
+#[tokio::test]
+async fn chatty_background_grandchild_cannot_keep_the_session_open() {
+    let mut host = Host::start().await;
+    host.exec(1, &["sh", "-c", "yes & sleep 0.2; exit 4"]).await;
+    let log = host.run_to_exit(1, true).await;
+    assert_eq!(log.exited, Some(Exited::Code { code: 4 }));
+    // What the grandchild wrote after the exit is bounded by the post-exit cap (plus what it
+    // wrote before, and one chunk of slack).
+    let cap = cella_agent::session::output::POST_EXIT_MAX_BYTES as usize;
+    assert!(log.stdout.len() < 64 * cap, "{} bytes", log.stdout.len());
 }
 
 #[tokio::test]
@@ -478,7 +490,7 @@ async fn host_disconnect_kills_sessions_and_ends_serving() {
 #[tokio::test]
 async fn exec_is_refused_while_shutting_down() {
     let mut host = Host::start().await;
-    host.exec(1, &["sh", "-c", "trap '' TERM; sleep 30"]).await;
+    host.exec(1, &["sh", "-c", "trap '' TERM; sleep 3"]).await;
     assert_eq!(host.next().await.kind, FrameKind::ExecStarted);
     host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 2000 })
         .await;

@@ -166,11 +166,12 @@ pub enum Exited {
 
 impl Exited {
     /// The exit status a container CLI reports for this ending: the code, `128 + signal`, or
-    /// 126 / 127 / 125 for spawn failures.
+    /// 126 / 127 / 125 for spawn failures. The signal comes from the guest, so the sum saturates
+    /// instead of overflowing.
     pub fn exit_status(&self) -> i32 {
         match self {
             Exited::Code { code } => *code,
-            Exited::Signal { signal } => 128 + signal,
+            Exited::Signal { signal } => 128i32.saturating_add(*signal),
             Exited::SpawnFailed { reason, .. } => reason.exit_status(),
         }
     }
@@ -327,5 +328,17 @@ mod tests {
         let not_exec =
             Exited::SpawnFailed { reason: SpawnFailure::NotExecutable, message: "".into() };
         assert_eq!(not_exec.exit_status(), 126);
+    }
+
+    #[test]
+    fn huge_guest_signal_does_not_overflow_exit_status() {
+        // Caught by the fuzz harness (fuzz/decode_messages calls exit_status on every decoded
+        // Exited): `128 + signal` overflowed, a panic with overflow checks and without them a
+        // negative status that `cella run` clamped to exit 0.
+        let frame = Frame::new(FrameKind::Exited, 5, &br#"{"signal":{"signal":2147483647}}"#[..]);
+        let exited = Exited::from_frame(&frame).unwrap();
+        assert_eq!(exited.exit_status(), i32::MAX);
+        assert_eq!(Exited::Signal { signal: i32::MAX - 127 }.exit_status(), i32::MAX);
+        assert_eq!(Exited::Signal { signal: i32::MIN }.exit_status(), i32::MIN + 128);
     }
 }

@@ -21,6 +21,7 @@ pub mod output;
 pub mod stdin;
 pub mod window;
 
+use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use nix::unistd::Pid;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use self::output::OutputPump;
+use self::output::{OutputPump, PumpEnd};
 use self::stdin::{StdinCounter, StdinMsg, StdinPump};
 use self::window::Window;
 use crate::exec::{self, ChildStdio, Spawned};
@@ -226,15 +227,53 @@ struct Wired<P, S> {
     pty: Option<Arc<FdStream>>,
 }
 
+/// A session's descriptors, registered with the reactor.
+struct Fds {
+    /// Where stdin goes: the pipe's write end or the pty master.
+    stdin: Arc<FdStream>,
+    /// The stdout pipe or the pty master.
+    stdout: Arc<FdStream>,
+    /// The stderr pipe; `None` on a pty.
+    stderr: Option<Arc<FdStream>>,
+    /// The pty master, for resizes.
+    pty: Option<Arc<FdStream>>,
+}
+
+impl Fds {
+    fn register(stdio: ChildStdio) -> std::io::Result<Self> {
+        let stream = |fd| FdStream::new(fd).map(Arc::new);
+        Ok(match stdio {
+            ChildStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => Fds {
+                stdin: stream(stdin)?,
+                stdout: stream(stdout)?,
+                stderr: Some(stream(stderr)?),
+                pty: None,
+            },
+            ChildStdio::Pty { master } => {
+                let master = stream(master)?;
+                Fds {
+                    stdin: master.clone(),
+                    stdout: master.clone(),
+                    stderr: None,
+                    pty: Some(master),
+                }
+            }
+        })
+    }
+}
+
 fn wire(
     stream: u64,
     stdio: ChildStdio,
     ctx: &SessionContext,
     io: SessionIo,
     exited: watch::Receiver<bool>,
-) -> std::io::Result<
-    Wired<impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>>,
-> {
+) -> std::io::Result<Wired<impl Future<Output = ()>, impl Future<Output = ()>>> {
+    let fds = Fds::register(stdio)?;
     let pump = |src: &Arc<FdStream>, kind, window: &Arc<Window>| OutputPump {
         src: src.clone(),
         kind,
@@ -243,52 +282,30 @@ fn wire(
         out: ctx.out.clone(),
         exited: exited.clone(),
     };
-    let (stdin_dst, stdout, stderr, pty) = match stdio {
-        ChildStdio::Pipes {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            let (stdout, stderr) = (
-                Arc::new(FdStream::new(stdout)?),
-                Arc::new(FdStream::new(stderr)?),
-            );
-            let err_pump = pump(&stderr, FrameKind::Stderr, &io.stderr_window);
-            (
-                Arc::new(FdStream::new(stdin)?),
-                pump(&stdout, FrameKind::Stdout, &io.stdout_window),
-                Some(err_pump),
-                None,
-            )
-        }
-        ChildStdio::Pty { master } => {
-            let master = Arc::new(FdStream::new(master)?);
-            let out_pump = pump(&master, FrameKind::Stdout, &io.stdout_window);
-            (master.clone(), out_pump, None, Some(master))
-        }
-    };
+    let stdout = pump(&fds.stdout, FrameKind::Stdout, &io.stdout_window);
+    let stderr = fds
+        .stderr
+        .as_ref()
+        .map(|fd| pump(fd, FrameKind::Stderr, &io.stderr_window));
     let stdin = StdinPump {
-        dst: Some(stdin_dst),
-        tty: pty.is_some(),
+        dst: Some(fds.stdin),
+        tty: fds.pty.is_some(),
         rx: io.stdin_rx,
         counter: io.stdin_counter,
         stream,
         out: ctx.out.clone(),
     };
     let pumps = async move {
-        match stderr {
-            Some(stderr) => {
-                tokio::join!(stdout.run(), stderr.run());
-            }
-            None => {
-                stdout.run().await;
-            }
-        }
+        let (out, err) = match stderr {
+            Some(stderr) => tokio::join!(stdout.run(), stderr.run()),
+            None => (stdout.run().await, PumpEnd::Eof),
+        };
+        crate::log_debug!("stream {stream}: output ended: stdout {out:?}, stderr {err:?}");
     };
     Ok(Wired {
         pumps,
         stdin: stdin.run(),
-        pty,
+        pty: fds.pty,
     })
 }
 

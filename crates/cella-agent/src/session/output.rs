@@ -35,7 +35,7 @@ pub const EXIT_DRAIN_GRACE: Duration = Duration::from_millis(250);
 pub const POST_EXIT_MAX_BYTES: u64 = 1 << 20;
 
 /// Why a pump stopped.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PumpEnd {
     /// End of file: every writer closed the pipe.
     Eof,
