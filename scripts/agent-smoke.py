@@ -86,7 +86,7 @@ class Conn:
         req = dict(argv=argv, env=[], cwd=None, user=None, tty=None)
         req.update(extra)
         self.send("ExecStart", stream, req)
-        out, err, started = b"", b"", None
+        out, err, started = bytearray(), bytearray(), None
         while True:
             name, got, payload = self.recv()
             if got != stream:
@@ -101,7 +101,7 @@ class Conn:
                 credit = dict(stream=name.lower(), bytes=len(payload))
                 self.send("Credit", stream, credit)
             elif name == "Exited":
-                return started, out, err, payload
+                return started, bytes(out), bytes(err), payload
             elif name == "Error":
                 raise SmokeError(f"agent refused stream {stream}: {payload}")
 

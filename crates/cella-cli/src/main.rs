@@ -26,6 +26,22 @@ struct Cli {
 enum Command {
     /// Boot a fresh VM, run one command in it, stream its output and exit with its status.
     Run(commands::run::RunArgs),
+    /// Record a persistent sandbox without starting it.
+    Create(commands::create::CreateArgs),
+    /// Boot a stopped sandbox.
+    Start(commands::start::StartArgs),
+    /// Run a command in a running sandbox.
+    Exec(commands::exec::ExecArgs),
+    /// Shut a running sandbox down.
+    Stop(commands::stop::StopArgs),
+    /// Remove sandboxes and their files.
+    Rm(commands::rm::RmArgs),
+    /// List sandboxes.
+    Ls(commands::ls::LsArgs),
+    /// Show a sandbox's configuration and run history.
+    Inspect(commands::inspect::InspectArgs),
+    /// Show a sandbox's runtime log, kernel console and VMM log.
+    Logs(commands::logs::LogsArgs),
     /// The sandbox process that owns one VM (started by cella itself, not by hand).
     #[command(hide = true)]
     Sandbox(commands::sandbox::SandboxArgs),
@@ -42,6 +58,14 @@ fn main() -> ExitCode {
     };
     let status = match cli.command {
         Command::Run(args) => commands::run::main(args),
+        Command::Create(args) => commands::create::main(args),
+        Command::Start(args) => commands::start::main(args),
+        Command::Exec(args) => commands::exec::main(args),
+        Command::Stop(args) => commands::stop::main(args),
+        Command::Rm(args) => commands::rm::main(args),
+        Command::Ls(args) => commands::ls::main(args),
+        Command::Inspect(args) => commands::inspect::main(args),
+        Command::Logs(args) => commands::logs::main(args),
         Command::Sandbox(args) => commands::sandbox::main(args),
     };
     ExitCode::from(status)

@@ -200,8 +200,13 @@ pub fn processes_matching(needle: &str) -> Vec<u32> {
         .collect()
 }
 
-/// The cached Debian root with python3 built by `scripts/debian-rootfs`, if present.
+/// The cached Debian root with python3 built by `scripts/debian-rootfs`, if present
+/// (`CELLA_DEBIAN_ROOTFS` names it explicitly).
 pub fn debian_rootfs() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("CELLA_DEBIAN_ROOTFS").filter(|v| !v.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return dir.join("usr/bin/python3").exists().then_some(dir);
+    }
     let cache = std::env::var_os("CELLA_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cella"));

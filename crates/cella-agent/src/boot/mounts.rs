@@ -37,7 +37,10 @@ pub const NINEP_MSIZE: u32 = 512_000;
 
 /// 9p cache mode. `loose` lets the guest cache pages and metadata: the lower layer is an image
 /// that does not change under a running sandbox, and exec-heavy workloads (shells, compilers)
-/// read the same files over and over.
+/// read the same files over and over. Measured under TCG on a Debian root
+/// (`scripts/agent-smoke.py --bench`, 3 interleaved boots each, loaded host): cold
+/// `python3 -c pass` about 1.2 s with `loose` against 1.8 s with `none`, warm 0.45 s against
+/// 0.55 s, a handful of stdlib imports 0.6 s against 0.8 s.
 pub const NINEP_CACHE: &str = "loose";
 
 /// How long the root device (or 9p channel) may take to appear after its driver loaded.

@@ -1,0 +1,82 @@
+//! Options shared by the commands that define a sandbox (`run`, `create`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cella::SandboxBuilder;
+use cella_runtime::config::{parse_env, validate_cpus, BackendKind, DEFAULT_CPUS, DEFAULT_MEMORY_MIB};
+use clap::Args;
+
+/// How the sandbox's VM looks.
+#[derive(Debug, Args)]
+pub struct SandboxOpts {
+    /// Root filesystem directory, attached read-only [default: the busybox root built by setup]
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Number of virtual CPUs
+    #[arg(long, default_value_t = DEFAULT_CPUS as u32, value_name = "N")]
+    pub cpus: u32,
+    /// Guest memory in MiB
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB, value_name = "MIB")]
+    pub memory: u32,
+    /// Set an environment variable for every command in the sandbox (repeatable)
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Default working directory of commands in the sandbox
+    #[arg(long, short = 'w', value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// VMM backend: auto, qemu or krun
+    #[arg(long, default_value = "auto", value_name = "BACKEND")]
+    pub backend: String,
+    /// Stop the sandbox after this many seconds without a connected client or running command
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Stop the sandbox after it has run this many seconds, whatever runs in it
+    #[arg(long, value_name = "SECS")]
+    pub max_duration: Option<u64>,
+    /// Seconds the guest may take to boot before cella gives up [default: 90 under software
+    /// emulation, 15 with KVM]
+    #[arg(long, value_name = "SECS")]
+    pub boot_timeout: Option<u64>,
+}
+
+impl SandboxOpts {
+    /// A builder for sandbox `name` with these options.
+    pub fn builder(&self, name: &str) -> anyhow::Result<SandboxBuilder> {
+        let backend: BackendKind = self.backend.parse()?;
+        validate_cpus(self.cpus)?;
+        let mut builder = cella::Sandbox::builder(name)
+            .cpus(self.cpus as u8)
+            .memory_mib(self.memory)
+            .backend(backend);
+        if let Some(rootfs) = &self.rootfs {
+            builder = builder.rootfs(rootfs);
+        }
+        for entry in &self.env {
+            let (key, value) = parse_env(entry)?;
+            builder = builder.env(key, value);
+        }
+        if let Some(dir) = &self.workdir {
+            builder = builder.workdir(dir);
+        }
+        if let Some(secs) = self.idle_timeout {
+            builder = builder.idle_timeout(Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.max_duration {
+            builder = builder.max_duration(Duration::from_secs(secs));
+        }
+        if let Some(secs) = self.boot_timeout {
+            builder = builder.boot_timeout(Duration::from_secs(secs));
+        }
+        Ok(builder)
+    }
+}
+
+/// A current-thread tokio runtime for short commands.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
