@@ -11,8 +11,11 @@ Goodbye -> GoodbyeAck, and checks that QEMU exits (the guest powered off).
 
 Usage: scripts/agent-smoke.py [--agent BIN] [--root DIR] [--kernel-dir DIR] [--debug]
                               [--timeout SECS] [--runs N] [--keep] [--bench CMD]...
+                              [--upper-disk]
 --bench runs each CMD (a shell command line) three times in the guest after the checks and
 prints the wall time of each run as seen by the host (exec round trip included).
+--upper-disk boots with a fresh ext4 disk as the writable layer (cella.upper=blk:/dev/vda, the
+persistent-sandbox layout) and checks with debugfs that the guest's write landed on it.
 Defaults: the static release agent in target/, $CELLA_HOME/rootfs/default, $CELLA_HOME/kernel.
 Exit status 0 when every run passed.
 """
@@ -200,6 +203,14 @@ def run_once(args, initrd, cmdline, work, i):
     srv.bind(sock_path)
     srv.listen(1)
     vmlinux = os.path.join(args.kernel_dir, args.current["vmlinux"])
+    disk = []
+    if args.upper_disk:
+        image = os.path.join(work, f"upper-{i}.ext4")
+        with open(image, "wb") as f:
+            f.truncate(64 << 20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True)
+        disk = ["-drive", f"file={image},if=none,id=d0,format=raw",
+                "-device", "virtio-blk-device,drive=d0"]
     argv = ["qemu-system-x86_64", "-M", "microvm,accel=tcg,pit=on,pic=on,rtc=on", "-cpu", "max",
             "-m", "256", "-nodefaults", "-no-reboot", "-nographic",
             "-serial", f"file:{console}", "-kernel", vmlinux, "-initrd", initrd,
@@ -207,7 +218,7 @@ def run_once(args, initrd, cmdline, work, i):
             "-chardev", f"socket,id=c0,path={sock_path}",
             "-device", "virtserialport,chardev=c0,name=cella.agent",
             "-fsdev", f"local,id=fs0,path={args.root},security_model=none,readonly=on",
-            "-device", "virtio-9p-device,fsdev=fs0,mount_tag=rootfs"]
+            "-device", "virtio-9p-device,fsdev=fs0,mount_tag=rootfs"] + disk
     t0 = time.monotonic()
     qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -218,6 +229,10 @@ def run_once(args, initrd, cmdline, work, i):
         t_hello, t_echo, benches = converse(Conn(sock), args.root, t0, args.bench)
         qemu.wait(timeout=args.timeout)
         t_exit = time.monotonic() - t0
+        if args.upper_disk:
+            out = subprocess.run(["debugfs", "-R", "cat /upper/.cella-smoke-written", image],
+                                 capture_output=True, check=True).stdout
+            check(out == b"x\n", f"write not persisted on the upper disk: {out!r}")
         return dict(hello=t_hello, echo=t_echo, exit=t_exit, benches=benches)
     except (socket.timeout, subprocess.TimeoutExpired) as e:
         raise SmokeError(f"timed out ({e})") from None
@@ -241,6 +256,8 @@ def main():
     p.add_argument("--timeout", type=float, default=60)
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the work dir (console logs)")
+    p.add_argument("--upper-disk", action="store_true",
+                   help="use an ext4 disk as the writable layer and check the write persisted")
     p.add_argument("--bench", action="append", default=[], metavar="CMD",
                    help="time a shell command in the guest (repeatable)")
     args = p.parse_args()
@@ -253,6 +270,8 @@ def main():
                f"lpj={khz * 1000 // 250} cella.root=9p:rootfs cella.hostname=smoke")
     if args.debug:
         cmdline += " cella.debug"
+    if args.upper_disk:
+        cmdline += " cella.upper=blk:/dev/vda"
 
     work = tempfile.mkdtemp(prefix="cella-agent-smoke.")
     failures, results = 0, []

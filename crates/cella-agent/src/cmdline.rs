@@ -7,7 +7,8 @@
 //! [`BootConfig::ignored`] and logged, so a newer host can pass options an older agent lacks.
 //!
 //! Recognised keys:
-//! - `cella.root=9p:<tag>` (default `9p:rootfs`): read-only virtio-9p share;
+//! - `cella.root=9p:<tag>` (default `9p:rootfs`): read-only virtio-9p share (qemu);
+//!   `cella.root=virtiofs:<tag>`: read-only virtio-fs share (krun);
 //!   `cella.root=blk:<device>`: read-only block device, file system from `cella.rootfstype`
 //!   (`ext4` by default, or `erofs`);
 //! - `cella.upper=tmpfs` (default) or `cella.upper=blk:<device>` (an ext4 disk holding the
@@ -32,6 +33,11 @@ pub enum RootSpec {
     /// A virtio-9p share with this mount tag.
     NineP {
         /// The share's mount tag.
+        tag: String,
+    },
+    /// A virtio-fs share with this tag.
+    VirtioFs {
+        /// The share's tag.
         tag: String,
     },
     /// A block device holding a file system.
@@ -146,10 +152,10 @@ pub fn parse(cmdline: &str) -> Result<BootConfig, CmdlineError> {
     Ok(config)
 }
 
-const ROOT_FORMS: &str = "9p:<tag> or blk:/dev/<device>";
+const ROOT_FORMS: &str = "9p:<tag>, virtiofs:<tag> or blk:/dev/<device>";
 const FSTYPE_FORMS: &str = "ext4 or erofs";
 const UPPER_FORMS: &str = "tmpfs or blk:/dev/<device>";
-const HOST_FORMS: &str = "1 to 64 letters, digits, '-' or '.'";
+const HOST_FORMS: &str = "1 to 64 printable ASCII characters";
 const FLAG_FORMS: &str = "nothing, 1/0, true/false, yes/no or on/off";
 
 /// Splits the command line into words the way the kernel does: on whitespace, with double
@@ -191,8 +197,12 @@ fn parse_root(value: Option<&str>) -> Option<RootSpec> {
         });
     }
     if let Some(tag) = value.strip_prefix("9p:") {
-        let valid = !tag.is_empty() && tag.len() <= 31 && !tag.contains(['/', ',']);
-        return valid.then(|| RootSpec::NineP {
+        return valid_tag(tag).then(|| RootSpec::NineP {
+            tag: tag.to_owned(),
+        });
+    }
+    if let Some(tag) = value.strip_prefix("virtiofs:") {
+        return valid_tag(tag).then(|| RootSpec::VirtioFs {
             tag: tag.to_owned(),
         });
     }
@@ -201,6 +211,11 @@ fn parse_root(value: Option<&str>) -> Option<RootSpec> {
         device,
         fstype: DEFAULT_BLOCK_FSTYPE.to_owned(),
     })
+}
+
+/// A share tag: 1 to 31 bytes (9p's limit; virtio-fs allows 36), no `/` or `,`.
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty() && tag.len() <= 31 && !tag.contains(['/', ','])
 }
 
 fn parse_fstype(value: Option<&str>) -> Option<String> {
@@ -224,11 +239,10 @@ fn parse_device(path: &str) -> Option<PathBuf> {
 
 fn parse_hostname(value: Option<&str>) -> Option<String> {
     let value = value?;
+    // Linux takes any bytes; sandbox names (letters, digits, `-`, `_`, `.`) must all pass.
     let ok = !value.is_empty()
         && value.len() <= MAX_HOSTNAME_LEN
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        && value.bytes().all(|b| b.is_ascii_graphic());
     ok.then(|| value.to_owned())
 }
 
@@ -289,6 +303,19 @@ mod tests {
                 fstype: "erofs".into()
             }
         );
+    }
+
+    #[test]
+    fn virtiofs_root_is_parsed() {
+        let config = parse("cella.root=virtiofs:rootfs cella.hostname=my_box.v2").unwrap();
+        assert_eq!(
+            config.root,
+            RootSpec::VirtioFs {
+                tag: "rootfs".into()
+            }
+        );
+        assert_eq!(config.hostname.as_deref(), Some("my_box.v2"));
+        assert!(parse("cella.root=virtiofs:").is_err());
     }
 
     #[test]

@@ -3,13 +3,25 @@
 //! Setup records what it installed in `kernel/current.json`, with paths relative to the kernel
 //! directory so the directory can be shared (symlinked) between homes. Nothing here downloads or
 //! builds: a missing asset is an error that names the setup command to run.
+//!
+//! The krun backend needs two more files, both optional (without them `auto` means qemu): the
+//! static agent (`"agent"` in the manifest), copied into each sandbox's boot directory, and
+//! the libkrunfw library holding its guest kernel, at the fixed path [`KRUNFW_PATH`] (setup
+//! verifies its pinned sha256 when it installs it).
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::backend::krun::KrunAssets;
+use crate::backend::KrunInstall;
+
 /// Command a user runs to install the guest assets.
 pub const SETUP_HINT: &str = "run scripts/setup from the cella source tree";
+
+/// Where setup installs libkrunfw (the krun guest kernel), relative to the kernel directory.
+/// The version is part of the name: msb_krun 0.1.42 was built and tested against 5.6.1.
+pub const KRUNFW_PATH: &str = "krun/libkrunfw.so.5.6.1";
 
 /// A missing or unreadable boot asset.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +56,8 @@ struct Manifest {
     kernel_version: String,
     vmlinux: PathBuf,
     initramfs: PathBuf,
+    #[serde(default)]
+    agent: Option<PathBuf>,
 }
 
 /// Resolved, existing boot assets.
@@ -55,6 +69,10 @@ pub struct BootAssets {
     pub vmlinux: PathBuf,
     /// The initramfs holding the agent as `/init` and the kernel modules it loads.
     pub initramfs: PathBuf,
+    /// The static agent binary on its own, for krun boot directories, if installed.
+    pub agent: Option<PathBuf>,
+    /// libkrunfw, if installed.
+    pub krunfw: Option<PathBuf>,
 }
 
 impl BootAssets {
@@ -73,10 +91,13 @@ impl BootAssets {
         let manifest: Manifest = serde_json::from_slice(&text)
             .map_err(|e| AssetError::BadManifest { path: manifest_path.clone(), source: Box::new(e) })?;
 
+        let krunfw = kernel_dir.join(KRUNFW_PATH);
         let assets = Self {
             kernel_version: manifest.kernel_version,
             vmlinux: kernel_dir.join(manifest.vmlinux),
             initramfs: kernel_dir.join(manifest.initramfs),
+            agent: manifest.agent.map(|a| kernel_dir.join(a)).filter(|a| a.is_file()),
+            krunfw: krunfw.is_file().then_some(krunfw),
         };
         for (what, path) in [("kernel", &assets.vmlinux), ("initramfs", &assets.initramfs)] {
             if !path.is_file() {
@@ -84,6 +105,20 @@ impl BootAssets {
             }
         }
         Ok(assets)
+    }
+
+    /// Whether the krun backend's files are installed.
+    pub fn krun_install(&self) -> KrunInstall {
+        match (&self.krunfw, &self.agent) {
+            (None, _) => KrunInstall::NoKernelLibrary,
+            (Some(_), None) => KrunInstall::NoAgent,
+            (Some(_), Some(_)) => KrunInstall::Installed,
+        }
+    }
+
+    /// The krun backend's files, when installed.
+    pub fn krun(&self) -> Option<KrunAssets> {
+        Some(KrunAssets { krunfw: self.krunfw.clone()?, agent: self.agent.clone()? })
     }
 }
 
@@ -115,5 +150,26 @@ mod tests {
 
         std::fs::remove_file(tmp.path().join("initramfs-ab.cpio")).unwrap();
         assert!(matches!(BootAssets::load(tmp.path()), Err(AssetError::MissingFile { .. })));
+    }
+
+    #[test]
+    fn krun_files_are_optional_and_found_when_installed() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("vmlinux"), b"elf").unwrap();
+        std::fs::write(tmp.path().join("i.cpio"), b"cpio").unwrap();
+        let manifest = br#"{"kernel_version":"6.1","vmlinux":"vmlinux","initramfs":"i.cpio","agent":"cella-agent"}"#;
+        std::fs::write(tmp.path().join("current.json"), manifest).unwrap();
+        let assets = BootAssets::load(tmp.path()).unwrap();
+        assert_eq!(assets.krun_install(), KrunInstall::NoKernelLibrary);
+        assert_eq!(assets.krun(), None);
+
+        std::fs::create_dir(tmp.path().join("krun")).unwrap();
+        std::fs::write(tmp.path().join(KRUNFW_PATH), b"so").unwrap();
+        assert_eq!(BootAssets::load(tmp.path()).unwrap().krun_install(), KrunInstall::NoAgent);
+
+        std::fs::write(tmp.path().join("cella-agent"), b"agent").unwrap();
+        let krun = BootAssets::load(tmp.path()).unwrap().krun().unwrap();
+        assert_eq!(krun.agent, tmp.path().join("cella-agent"));
+        assert_eq!(krun.krunfw, tmp.path().join("krun/libkrunfw.so.5.6.1"));
     }
 }

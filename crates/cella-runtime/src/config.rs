@@ -36,6 +36,17 @@ pub enum BackendKind {
     Krun,
 }
 
+impl BackendKind {
+    /// The name used on the command line and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Qemu => "qemu",
+            Self::Krun => "krun",
+        }
+    }
+}
+
 impl std::str::FromStr for BackendKind {
     type Err = ConfigError;
 

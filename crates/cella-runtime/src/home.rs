@@ -4,7 +4,7 @@
 //! db/cella.db            state database
 //! kernel/                guest kernel(s) and initramfs, placed by scripts/setup
 //! rootfs/default/        the default root filesystem
-//! sandboxes/<name>/      per-sandbox config, logs/, runtime/
+//! sandboxes/<name>/      per-sandbox config, logs/, runtime/ (runtime/boot/: krun boot dir)
 //! run/                   sockets and launcher locks (0700)
 //! ```
 //!
@@ -96,6 +96,12 @@ impl Home {
         self.sandboxes_dir().join(name)
     }
 
+    /// The krun guest's boot directory: its `/` until the agent switches into the sandbox's
+    /// root (rebuilt on every krun boot).
+    pub fn krun_boot_dir(&self, name: &str) -> PathBuf {
+        self.sandbox_dir(name).join("runtime").join("boot")
+    }
+
     /// Directory for sockets and lock files.
     pub fn run_dir(&self) -> PathBuf {
         self.root.join("run")
@@ -152,6 +158,7 @@ mod tests {
         assert_eq!(home.sandbox_dir("a"), Path::new("/h/sandboxes/a"));
         assert_eq!(home.client_socket("a"), Path::new("/h/run/a.sock"));
         assert_eq!(home.lock_path("a"), Path::new("/h/run/a.lock"));
+        assert_eq!(home.krun_boot_dir("a"), Path::new("/h/sandboxes/a/runtime/boot"));
     }
 
     #[test]

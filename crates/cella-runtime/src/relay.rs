@@ -187,6 +187,12 @@ impl Relay {
         write_task.abort();
     }
 
+    /// Whether the agent has said its final goodbye. Set before the goodbye is acknowledged, so
+    /// it is already true when a guest that powers off right after the acknowledgement is gone.
+    pub fn goodbye_seen(&self) -> bool {
+        self.shared.state.lock().unwrap().goodbye_seen
+    }
+
     /// Stops taking new sessions and asks the agent to end everything and power off.
     pub async fn request_shutdown(&self, grace: Duration) {
         self.shared.state.lock().unwrap().accepting = false;

@@ -1,9 +1,14 @@
 //! Mounts: the initramfs basics, the overlay root, the switch into it, and the runtime file
 //! systems inside it.
 //!
-//! The root is an overlay: the user's root read-only at [`LOWER`] (9p share or block device;
-//! read-only is enforced by the host, `MS_RDONLY` here is courtesy), a writable layer at
-//! [`UPPER`] (tmpfs, or an ext4 disk for a persistent sandbox), merged at [`NEW_ROOT`].
+//! The root is an overlay: the user's root read-only at [`LOWER`] (9p or virtio-fs share, or a
+//! block device; read-only is enforced by the host, `MS_RDONLY` here is courtesy), a writable
+//! layer at [`UPPER`] (tmpfs, or an ext4 disk for a persistent sandbox), merged at
+//! [`NEW_ROOT`].
+//!
+//! On krun there is no initramfs: `/` is a read-only virtio-fs boot directory that already holds
+//! the mount points (`/dev`, `/proc`, `/sys`, `/lower`, `/upper`, `/newroot`), devtmpfs may be
+//! mounted by the kernel already (`EBUSY` is fine), and nothing is freed before the switch.
 //!
 //! Invariant: nothing is ever created in the user's root. Mount points the root lacks (`/proc`,
 //! `/sys`, `/dev`, `/run`, `/tmp`) are created through the overlay, so they land in the upper
@@ -119,6 +124,9 @@ fn mount_lower(root: &RootSpec) -> Result<(), BootError> {
             // The channel for the tag registers when the 9p device is probed; until then the
             // mount fails with ENOENT.
             retry_enoent(|| mount_fs(tag, LOWER, "9p", MsFlags::MS_RDONLY, Some(&opts)))
+        }
+        RootSpec::VirtioFs { tag } => {
+            retry_enoent(|| mount_fs(tag, LOWER, "virtiofs", MsFlags::MS_RDONLY, None))
         }
         RootSpec::Block { device, fstype } => {
             wait_for_path(device)?;

@@ -4,7 +4,7 @@
 //! - [`plan`] (this file): resolve the user, build the environment, look the program up in the
 //!   request's `PATH` ([`lookup`]), and convert everything to C strings. Pure apart from reading
 //!   `/etc/passwd` and stat-ing `PATH` entries; failures here never fork.
-//! - [`spawn`]: fork and exec with pipes or a pty ([`pty`]), reporting the exact failing step
+//! - [`spawn()`]: fork and exec with pipes or a pty ([`pty`]), reporting the exact failing step
 //!   from the child over a close-on-exec pipe.
 //! - [`SpawnError::failure`]: classify a failure the way shells and container runtimes do:
 //!   not found (127), not executable (126), anything else (125).

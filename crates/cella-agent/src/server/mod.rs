@@ -4,15 +4,15 @@
 //! so the same code serves the virtio-console port in a guest and an in-memory duplex in tests.
 //!
 //! Structure (one task each, no shared mutable state between them except through queues):
-//! - the **writer** task ([`writer`]) is the only code that writes the port, fed by a bounded
+//! - the **writer** task (`writer.rs`) is the only code that writes the port, fed by a bounded
 //!   queue; every frame of every session goes through it, so per-session frame order is queue
 //!   order;
-//! - the **dispatcher** (this module and [`route`]) is the only code that reads the port. It
+//! - the **dispatcher** (this module and `route.rs`) is the only code that reads the port. It
 //!   routes each frame to its session and never blocks on a session: stdin is queued (bounded by
 //!   the stdin window), credits and controls are applied or queued immediately;
 //! - one **session** task per exec ([`crate::session`]).
 //!
-//! Shutdown ([`drain`]): on `Shutdown` the dispatcher keeps serving frames (the host must still
+//! Shutdown (`drain.rs`): on `Shutdown` the dispatcher keeps serving frames (the host must still
 //! be able to grant credit so output drains) while it signals everyone, then says `Goodbye`
 //! and waits for the ack. On end of file or a read error it does the same without the farewell.
 //! A frame that does not decode means the stream is out of sync: [`serve`] returns

@@ -1,7 +1,7 @@
 //! The stdin pump: host `Stdin` frames into the process's stdin pipe (or pty master).
 //!
 //! Flow control runs the other way from output: the host may have at most
-//! [`INITIAL_WINDOW`](cella_protocol::INITIAL_WINDOW) bytes of stdin in flight. The dispatcher
+//! [`cella_protocol::INITIAL_WINDOW`] bytes of stdin in flight. The dispatcher
 //! counts bytes in ([`StdinCounter::accept`]) and refuses a frame that would exceed the window;
 //! this pump counts them out once they are in the pipe (or discarded) and returns the same
 //! amount to the host as `Credit { stream: Stdin }`. So the queue between the two never holds

@@ -36,14 +36,9 @@ pub fn main(args: SandboxArgs) -> u8 {
         }
     };
     init_logging(&home, &args.name);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let status = runtime.block_on(cella_runtime::sandbox::run(home, &args.name, reporter));
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    status as u8
+    // Builds the async runtime and decides which thread it runs on (the krun VMM needs the
+    // main thread): see cella_runtime::sandbox::process.
+    cella_runtime::sandbox::process::main(home, &args.name, reporter) as u8
 }
 
 /// Sends tracing output to `sandboxes/<name>/logs/runtime.log` (level from `CELLA_LOG`,

@@ -4,7 +4,12 @@
 //! console port as a connected byte stream. Everything above this module (handshake, relay,
 //! timers, lifecycle) speaks only to that stream and to [`RunningVm`], so it runs unchanged on
 //! either backend and is testable without a VM.
+//!
+//! [`select`] decides which backend a sandbox gets: `krun` only where hardware KVM really works
+//! (the [`probe`]) and its kernel library is installed; `auto` falls back to `qemu` otherwise,
+//! while an explicit `krun` fails at once with the probe's reason.
 
+pub mod krun;
 pub mod probe;
 pub mod qemu;
 
@@ -136,23 +141,62 @@ pub enum BackendError {
         /// Why, in words for the user.
         reason: String,
     },
+    /// The krun boot directory could not be built.
+    #[error(transparent)]
+    BootDir(#[from] krun::bootdir::BootDirError),
+    /// msb_krun could not build the VM.
+    #[error(transparent)]
+    Krun(#[from] krun::KrunError),
+    /// The socket pair carrying the agent port could not be created.
+    #[error("cannot create the agent port socket pair")]
+    PortPair {
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The krun backend needs the process's main thread, and it is not serving VMs.
+    #[error("the sandbox process has no VMM thread to run a krun guest on")]
+    VmmThreadGone,
 }
 
-/// Picks the backend for `requested` on this host.
-///
-/// `auto` would pick krun when KVM works and its kernel is installed; the krun backend is not
-/// built yet, so `auto` means qemu (with KVM acceleration where usable) and `krun` is refused
-/// with a reason.
-pub fn select(requested: BackendKind) -> Result<BackendKind, BackendError> {
+/// What `krun` needs besides KVM: whether its kernel library and the agent are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KrunInstall {
+    /// libkrunfw and the agent binary are in the kernel directory.
+    Installed,
+    /// libkrunfw is missing.
+    NoKernelLibrary,
+    /// The agent binary for the boot directory is missing.
+    NoAgent,
+}
+
+/// Picks the backend for `requested` on this host: probes KVM when krun is a candidate.
+pub fn select(requested: BackendKind, krun: KrunInstall) -> Result<BackendKind, BackendError> {
     match requested {
-        BackendKind::Auto | BackendKind::Qemu => Ok(BackendKind::Qemu),
-        BackendKind::Krun => {
-            let reason = match probe::probe_kvm() {
-                probe::KvmSupport::Unusable(why) => why,
-                probe::KvmSupport::Usable => "the krun backend is not built yet".to_string(),
-            };
-            Err(BackendError::Unavailable { backend: "krun", reason })
+        BackendKind::Qemu => Ok(BackendKind::Qemu),
+        BackendKind::Auto | BackendKind::Krun => decide(requested, krun, &probe::probe_kvm()),
+    }
+}
+
+/// The decision behind [`select`], for given probe results.
+pub fn decide(
+    requested: BackendKind,
+    krun: KrunInstall,
+    kvm: &probe::KvmSupport,
+) -> Result<BackendKind, BackendError> {
+    let unavailable = match (kvm, krun) {
+        (probe::KvmSupport::Unusable(why), _) => why.clone(),
+        (probe::KvmSupport::Usable, KrunInstall::Installed) => return Ok(BackendKind::Krun),
+        (probe::KvmSupport::Usable, KrunInstall::NoKernelLibrary) => {
+            format!("libkrunfw, its guest kernel, is not installed: {}", crate::assets::SETUP_HINT)
         }
+        (probe::KvmSupport::Usable, KrunInstall::NoAgent) => {
+            format!("the guest agent is not installed for it: {} again", crate::assets::SETUP_HINT)
+        }
+    };
+    match requested {
+        BackendKind::Krun => Err(BackendError::Unavailable { backend: "krun", reason: unavailable }),
+        _ => Ok(BackendKind::Qemu),
     }
 }
 
@@ -176,4 +220,51 @@ pub fn log_tail(path: &std::path::Path, max_lines: usize) -> String {
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe::KvmSupport;
+    use super::*;
+
+    fn pvm() -> KvmSupport {
+        KvmSupport::Unusable("KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel".into())
+    }
+
+    #[test]
+    fn auto_picks_krun_only_with_working_kvm_and_its_files() {
+        let auto = BackendKind::Auto;
+        assert!(matches!(decide(auto, KrunInstall::Installed, &KvmSupport::Usable), Ok(BackendKind::Krun)));
+        assert!(matches!(decide(auto, KrunInstall::Installed, &pvm()), Ok(BackendKind::Qemu)));
+        assert!(matches!(decide(auto, KrunInstall::NoKernelLibrary, &KvmSupport::Usable), Ok(BackendKind::Qemu)));
+        assert!(matches!(decide(auto, KrunInstall::NoAgent, &KvmSupport::Usable), Ok(BackendKind::Qemu)));
+    }
+
+    #[test]
+    fn explicit_krun_without_working_kvm_fails_with_the_probe_reason() {
+        let err = decide(BackendKind::Krun, KrunInstall::Installed, &pvm()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the krun backend cannot run here: KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel"
+        );
+        let err = decide(BackendKind::Krun, KrunInstall::NoKernelLibrary, &KvmSupport::Usable).unwrap_err();
+        assert!(err.to_string().contains("libkrunfw, its guest kernel, is not installed"), "{err}");
+        assert!(err.to_string().contains("scripts/setup"), "{err}");
+    }
+
+    #[test]
+    fn qemu_is_never_probed_away() {
+        assert!(matches!(select(BackendKind::Qemu, KrunInstall::Installed), Ok(BackendKind::Qemu)));
+    }
+
+    #[test]
+    fn on_a_kvm_pvm_host_krun_is_refused_and_auto_means_qemu() {
+        if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            eprintln!("not a kvm-pvm host; the decision itself is covered by the tests above");
+            return;
+        }
+        let err = select(BackendKind::Krun, KrunInstall::Installed).unwrap_err();
+        assert!(err.to_string().contains("kvm-pvm"), "{err}");
+        assert!(matches!(select(BackendKind::Auto, KrunInstall::Installed), Ok(BackendKind::Qemu)));
+    }
 }

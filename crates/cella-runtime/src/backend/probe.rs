@@ -102,4 +102,18 @@ mod tests {
             assert!(!why.is_empty());
         }
     }
+
+    /// The project's own machines have kvm-pvm (see shared/ENVIRONMENT.md): there, the probe
+    /// must say no, even though /dev/kvm opens and KVM_CREATE_VM succeeds.
+    #[test]
+    fn a_kvm_pvm_host_is_told_kvm_does_not_work() {
+        if !Path::new("/sys/module/kvm_pvm").exists() {
+            eprintln!("/sys/module/kvm_pvm is absent: not a kvm-pvm host, nothing to assert");
+            return;
+        }
+        assert_eq!(
+            probe_kvm(),
+            KvmSupport::Unusable("KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel".into())
+        );
+    }
 }

@@ -153,7 +153,12 @@ pub async fn launch(spec: &VmSpec, accel: Accel) -> Result<LaunchedVm, BackendEr
         .map_err(|source| BackendError::PortSocket { path: spec.port_socket.clone(), source })?;
 
     let host_khz = host_cpu_khz(&std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
-    let mut child = spawn(&binary, qemu_args(spec, accel, host_khz), &spec.vmm_log)?;
+    let args = qemu_args(spec, accel, host_khz);
+    // The full argv on one line, so a benchmark can replay the exact command (docs/benchmarks.md).
+    let argv: Vec<_> =
+        std::iter::once(binary.as_os_str()).chain(args.iter().map(OsString::as_os_str)).collect();
+    tracing::info!(sandbox = %spec.name, ?argv, "qemu command line");
+    let mut child = spawn(&binary, args, &spec.vmm_log)?;
     let port = tokio::select! {
         accepted = listener.accept() => accepted
             .map(|(stream, _)| stream)

@@ -3,6 +3,9 @@
 //! The boot watchdog lives here: the guest gets a bounded time to say hello. A guest that hangs,
 //! panics or powers off before that is killed and reported with the tail of its console log, the
 //! only witness of a boot that went wrong.
+//!
+//! The backend is chosen here too ([`backend::select`]); a krun guest needs the main thread,
+//! which only a sandbox process started in the krun model ([`Host::InProcess`]) can give.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,10 +18,11 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use super::process::Host;
 use crate::assets::{AssetError, BootAssets};
 use crate::backend::qemu::{self, Accel};
-use crate::backend::{self, BackendError, RunningVm, VmSpec};
-use crate::config::SandboxConfig;
+use crate::backend::{self, krun, BackendError, LaunchedVm, RunningVm, VmSpec};
+use crate::config::{BackendKind, SandboxConfig};
 use crate::home::Home;
 
 /// Lines of the console log quoted in a boot error.
@@ -61,6 +65,17 @@ pub enum BootError {
         /// Its last lines.
         tail: String,
     },
+    /// The VMM itself failed while the guest was booting.
+    #[error("the VMM failed while the guest was booting; console log {log} ends with:\n{tail}")]
+    VmmFailed {
+        /// The console log.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+        /// What the VMM reported.
+        #[source]
+        source: std::io::Error,
+    },
     /// The persistent upper-layer disk could not be created.
     #[error("cannot create the sandbox disk {path} (mkfs.ext4 from e2fsprogs is required): {detail}")]
     UpperDisk {
@@ -86,16 +101,17 @@ pub struct Booted {
     pub writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
     /// `kvm` or `tcg`.
     pub accelerator: &'static str,
+    /// The backend running the guest.
+    pub backend: BackendKind,
     /// Time from the start of [`boot`] to the agent's hello.
     pub boot_time: Duration,
 }
 
 /// Boots the sandbox described by `config`.
-pub async fn boot(home: &Home, config: &SandboxConfig) -> Result<Booted, BootError> {
+pub async fn boot(home: &Home, config: &SandboxConfig, host: &Host) -> Result<Booted, BootError> {
     let started = Instant::now();
     let assets = BootAssets::load(&home.kernel_dir())?;
-    backend::select(config.backend)?;
-    let logs = home.sandbox_dir(&config.name).join("logs");
+    let kind = backend::select(config.backend, assets.krun_install())?;
     let upper_disk = if config.ephemeral {
         None
     } else {
@@ -103,20 +119,8 @@ pub async fn boot(home: &Home, config: &SandboxConfig) -> Result<Booted, BootErr
         ensure_upper_disk(&path).await?;
         Some(path)
     };
-    let spec = VmSpec {
-        name: config.name.clone(),
-        cpus: config.cpus,
-        memory_mib: config.memory_mib,
-        kernel: assets.vmlinux,
-        initramfs: assets.initramfs,
-        rootfs: config.rootfs.clone(),
-        upper_disk,
-        port_socket: home.agent_port_socket(&config.name),
-        console_log: logs.join("console.log"),
-        vmm_log: logs.join("vmm.log"),
-    };
-    let accel = Accel::detect();
-    let launched = qemu::launch(&spec, accel).await?;
+    let spec = vm_spec(home, config, &assets, upper_disk);
+    let launched = launch(home, kind, &spec, &assets, host).await?;
     let timeout = config
         .boot_timeout_secs
         .map(Duration::from_secs)
@@ -129,18 +133,77 @@ pub async fn boot(home: &Home, config: &SandboxConfig) -> Result<Booted, BootErr
     let console = spec.console_log.clone();
     let hello = tokio::select! {
         hello = handshake(&mut reader, &mut writer) => hello,
-        _ = vm.wait() => Err(BootError::VmExited { tail: backend::log_tail(&console, CONSOLE_TAIL_LINES), log: console.clone() }),
+        exit = vm.wait() => Err(vm_ended_early(exit, &console)),
         _ = tokio::time::sleep(timeout) => Err(BootError::Timeout {
             waited: timeout, tail: backend::log_tail(&console, CONSOLE_TAIL_LINES), log: console.clone(),
         }),
     };
     match hello {
-        Ok(hello) => Ok(Booted { vm, hello, reader, writer, accelerator: launched.accelerator, boot_time: started.elapsed() }),
+        Ok(hello) => Ok(Booted {
+            vm,
+            hello,
+            reader,
+            writer,
+            accelerator: launched.accelerator,
+            backend: kind,
+            boot_time: started.elapsed(),
+        }),
         Err(err) => {
             let _ = vm.kill();
             let _ = vm.wait().await;
             Err(err)
         }
+    }
+}
+
+/// What the guest should look like: the config's resources, the installed kernel, the
+/// sandbox's files. The sandbox's environment and working directory are not part of it: the
+/// client sends them with every exec request, on either backend.
+fn vm_spec(home: &Home, config: &SandboxConfig, assets: &BootAssets, upper_disk: Option<PathBuf>) -> VmSpec {
+    let logs = home.sandbox_dir(&config.name).join("logs");
+    VmSpec {
+        name: config.name.clone(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        kernel: assets.vmlinux.clone(),
+        initramfs: assets.initramfs.clone(),
+        rootfs: config.rootfs.clone(),
+        upper_disk,
+        port_socket: home.agent_port_socket(&config.name),
+        console_log: logs.join("console.log"),
+        vmm_log: logs.join("vmm.log"),
+    }
+}
+
+/// Starts the VM on the selected backend.
+async fn launch(
+    home: &Home,
+    kind: BackendKind,
+    spec: &VmSpec,
+    assets: &BootAssets,
+    host: &Host,
+) -> Result<LaunchedVm, BootError> {
+    let launched = match (kind, host) {
+        (BackendKind::Krun, Host::InProcess(thread)) => {
+            let files = assets.krun().ok_or_else(|| BackendError::Unavailable {
+                backend: "krun",
+                reason: format!("its files are not installed: {}", crate::assets::SETUP_HINT),
+            })?;
+            krun::launch(spec, &files, &home.krun_boot_dir(&spec.name), thread).await?
+        }
+        // Only when setup installed krun between the process's start and this boot.
+        (BackendKind::Krun, Host::Child) => return Err(BackendError::VmmThreadGone.into()),
+        _ => qemu::launch(spec, Accel::detect()).await?,
+    };
+    Ok(launched)
+}
+
+/// The error for a VM that ended before its agent answered.
+fn vm_ended_early(exit: std::io::Result<backend::VmExit>, console: &std::path::Path) -> BootError {
+    let (log, tail) = (console.to_path_buf(), backend::log_tail(console, CONSOLE_TAIL_LINES));
+    match exit {
+        Ok(_) => BootError::VmExited { log, tail },
+        Err(source) => BootError::VmmFailed { log, tail, source },
     }
 }
 
@@ -193,4 +256,69 @@ async fn ensure_upper_disk(path: &std::path::Path) -> Result<(), BootError> {
         return Err(fail(String::from_utf8_lossy(&output.stderr).trim().to_string()));
     }
     std::fs::rename(&partial, path).map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::backend::krun::{krun_config, KrunAssets};
+
+    fn config() -> SandboxConfig {
+        SandboxConfig {
+            name: "web".into(),
+            rootfs: "/roots/web".into(),
+            cpus: 3,
+            memory_mib: 1024,
+            env: vec![("TOKEN".into(), "s3cr3t\tvalue".into())],
+            workdir: Some("/srv/app-dir".into()),
+            backend: BackendKind::Krun,
+            ephemeral: true,
+            stop_when_detached: true,
+            idle_timeout_secs: None,
+            max_duration_secs: None,
+            boot_timeout_secs: None,
+        }
+    }
+
+    fn assets() -> BootAssets {
+        BootAssets {
+            kernel_version: "6.1".into(),
+            vmlinux: "/k/vmlinux".into(),
+            initramfs: "/k/i.cpio".into(),
+            agent: Some("/k/cella-agent".into()),
+            krunfw: Some("/k/krun/libkrunfw.so.5.6.1".into()),
+        }
+    }
+
+    #[test]
+    fn the_vm_gets_the_sandbox_resources_root_and_files() {
+        let home = Home::at("/h");
+        let spec = vm_spec(&home, &config(), &assets(), None);
+        assert_eq!((spec.cpus, spec.memory_mib), (3, 1024));
+        assert_eq!(spec.rootfs, Path::new("/roots/web"));
+        assert_eq!(spec.console_log, Path::new("/h/sandboxes/web/logs/console.log"));
+        assert_eq!(spec.port_socket, Path::new("/h/run/web.port"));
+    }
+
+    #[test]
+    fn env_and_workdir_never_reach_the_kernel_command_line_on_either_backend() {
+        let home = Home::at("/h");
+        let spec = vm_spec(&home, &config(), &assets(), None);
+        let files = KrunAssets { krunfw: "/k/krun/libkrunfw.so.5.6.1".into(), agent: "/k/cella-agent".into() };
+        let krun = format!("{:?}", krun_config(&spec, &files, &home.krun_boot_dir("web")));
+        let qemu = qemu::kernel_cmdline(&spec, Accel::Tcg, Some(2_000_000));
+        for boot_text in [krun, qemu] {
+            assert!(!boot_text.contains("s3cr3t") && !boot_text.contains("TOKEN"), "{boot_text}");
+            assert!(!boot_text.contains("app-dir"), "{boot_text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn krun_in_a_process_without_a_vmm_thread_is_refused() {
+        let spec = vm_spec(&Home::at("/h"), &config(), &assets(), None);
+        let err = launch(&Home::at("/h"), BackendKind::Krun, &spec, &assets(), &Host::Child).await.err().unwrap();
+        assert!(matches!(err, BootError::Backend(BackendError::VmmThreadGone)), "{err}");
+    }
 }

@@ -11,8 +11,13 @@
 //!
 //! The outcome of phase 2 is a [`Termination`]: why the run ended and whether the agent said a
 //! proper goodbye, which decides Stopped versus Crashed.
+//!
+//! How the process uses its threads depends on the backend ([`process`]): for qemu the async
+//! runtime runs on the main thread; for krun the main thread belongs to the VMM and the runtime
+//! runs on a second thread. Everything in this module runs on the runtime either way.
 
 pub mod boot;
+pub mod process;
 pub mod record;
 pub mod supervise;
 
@@ -25,6 +30,7 @@ use crate::home::Home;
 use crate::launch::{ReadyReport, ReadyReporter};
 use crate::lifecycle::LifecycleError;
 use crate::relay::Relay;
+use process::Host;
 use record::RunRecord;
 
 pub use supervise::Termination;
@@ -77,29 +83,48 @@ pub enum SandboxError {
     Boot(#[from] boot::BootError),
 }
 
-/// Runs the sandbox `name` to completion. Returns the process's exit status: 0 when the run
-/// ended in an orderly way, 1 otherwise.
+/// A sandbox whose config is read and whose run row exists.
+pub struct Prepared {
+    config: SandboxConfig,
+    record: RunRecord,
+}
+
+impl Prepared {
+    /// The sandbox's config.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+}
+
+/// Runs the sandbox `name` to completion with the VMM in a child process (qemu). Returns the
+/// process's exit status: 0 when the run ended in an orderly way, 1 otherwise. The sandbox
+/// process itself starts through [`process::main`], which also handles krun.
 pub async fn run(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
-    let (config, record) = match prepare(&home, name).await {
-        Ok(prepared) => prepared,
+    match prepare(&home, name).await {
+        Ok(prepared) => run_prepared(home, prepared, reporter, Host::Child).await,
         Err(err) => {
             reporter.report(&ReadyReport::Failed { error: error_line(&err) });
-            return 1;
+            1
         }
-    };
+    }
+}
+
+/// Runs a prepared sandbox to completion on `host`; see [`run`].
+pub async fn run_prepared(home: Home, prepared: Prepared, mut reporter: ReadyReporter, host: Host) -> i32 {
+    let Prepared { config, record } = prepared;
     let maintenance = {
         let (db, home) = (record.db().clone(), home.clone());
         tokio::spawn(async move { crate::lifecycle::run_startup_maintenance(&db, &home).await })
     };
-    let status = match serve(&home, &config, &record, &mut reporter).await {
+    let status = match serve(&home, &config, &record, &mut reporter, &host).await {
         Ok(t) => {
-            tracing::info!(sandbox = %name, reason = %t.reason, clean = t.clean, detail = %t.detail, "sandbox stopped");
+            tracing::info!(sandbox = %config.name, reason = %t.reason, clean = t.clean, detail = %t.detail, "sandbox stopped");
             record.finish(&t).await;
             if t.clean { 0 } else { 1 }
         }
         Err(err) => {
             let line = error_line(&err);
-            tracing::error!(sandbox = %name, error = %line, "sandbox failed to start");
+            tracing::error!(sandbox = %config.name, error = %line, "sandbox failed to start");
             record.boot_failed(&line).await;
             reporter.report(&ReadyReport::Failed { error: line });
             1
@@ -111,7 +136,8 @@ pub async fn run(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
     status
 }
 
-async fn prepare(home: &Home, name: &str) -> Result<(SandboxConfig, RunRecord), SandboxError> {
+/// Reads the sandbox's config and inserts this process's run row.
+pub async fn prepare(home: &Home, name: &str) -> Result<Prepared, SandboxError> {
     crate::config::validate_name(name)?;
     home.ensure()?;
     crate::home::create_private_dir(&home.sandbox_dir(name).join("logs"))?;
@@ -124,7 +150,7 @@ async fn prepare(home: &Home, name: &str) -> Result<(SandboxConfig, RunRecord), 
         .map_err(|source| SandboxError::StoredConfig { name: name.to_string(), source })?;
     config.validate()?;
     let record = RunRecord::begin(db, name).await?;
-    Ok((config, record))
+    Ok(Prepared { config, record })
 }
 
 async fn serve(
@@ -132,6 +158,7 @@ async fn serve(
     config: &SandboxConfig,
     record: &RunRecord,
     reporter: &mut ReadyReporter,
+    host: &Host,
 ) -> Result<Termination, SandboxError> {
     let socket = home.client_socket(&config.name);
     let _ = std::fs::remove_file(&socket);
@@ -140,10 +167,10 @@ async fn serve(
 
     let mut signals = Signals::install();
     let booted = tokio::select! {
-        booted = boot::boot(home, config) => booted?,
+        booted = boot::boot(home, config, host) => booted?,
         name = signals.recv() => return Err(SandboxError::Interrupted { signal: name }),
     };
-    tracing::info!(sandbox = %config.name, accelerator = booted.accelerator,
+    tracing::info!(sandbox = %config.name, backend = booted.backend.name(), accelerator = booted.accelerator,
         boot_ms = booted.boot_time.as_millis() as u64, agent = %booted.hello.agent_version, "guest is up");
     let (relay, watch) = Relay::start(booted.reader, booted.writer, booted.hello);
     if let Err(e) = record.running().await {

@@ -66,6 +66,11 @@ pub async fn supervise(
     let trigger = wait_for_trigger(config, vm.as_mut(), &relay, &mut watch, &listener, signals).await;
     drop(listener);
     match trigger {
+        // A guest that powers off right after its goodbye (krun does so within microseconds)
+        // can be seen exiting before the goodbye event is read: the relay's flag decides.
+        Trigger::VmExited(exit) if relay.goodbye_seen() => {
+            Termination { reason: TerminationReason::Completed, clean: true, detail: String::new(), vm_exit: exit.ok() }
+        }
         Trigger::VmExited(exit) => {
             let exit = exit.ok();
             let detail = format!("VM exited on its own ({exit:?}) without the agent's goodbye");

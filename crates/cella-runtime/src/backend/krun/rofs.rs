@@ -51,6 +51,12 @@ pub enum ReadOnlyFsError {
         /// The directory.
         path: PathBuf,
     },
+    /// The directory does not exist or is not a directory.
+    #[error("cannot share {path} with the guest: not an accessible directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
     /// The passthrough refused the directory.
     #[error("cannot share directory {path} with the guest")]
     Passthrough {
@@ -72,6 +78,10 @@ impl ReadOnlyFs {
     /// Shares `dir` read-only.
     pub fn new(dir: &Path) -> Result<Self, ReadOnlyFsError> {
         let root = dir.to_str().ok_or_else(|| ReadOnlyFsError::NotUtf8 { path: dir.to_path_buf() })?;
+        // The passthrough opens its root only when the guest mounts it; fail here instead.
+        if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
+            return Err(ReadOnlyFsError::NotADirectory { path: dir.to_path_buf() });
+        }
         let config = Config {
             root_dir: root.to_owned(),
             cache_policy: CachePolicy::Always,
@@ -439,7 +449,12 @@ mod tests {
         CString::new(text).unwrap()
     }
 
+    /// Serializes share set-up: the passthrough clears the process-wide umask while it mounts,
+    /// and a share created in that window would remember 0 as the umask to restore.
+    static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn share() -> (tempfile::TempDir, ReadOnlyFs) {
+        let _serial = UMASK.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("file"), b"content").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
@@ -490,7 +505,7 @@ mod tests {
     #[test]
     fn the_injected_aarch64_init_is_hidden() {
         let (_dir, fs) = share();
-        let err = fs.lookup(ctx(), ROOT, &name("init.krun")).unwrap_err();
+        let err = fs.lookup(ctx(), ROOT, &name("init.krun")).err().expect("init.krun is visible");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }
 
@@ -506,6 +521,7 @@ mod tests {
     fn mounting_the_share_keeps_the_process_umask() {
         let before = current_umask();
         let (_dir, _fs) = share();
+        let _serial = UMASK.lock().unwrap_or_else(|e| e.into_inner());
         assert_eq!(current_umask(), before);
     }
 }

@@ -1,0 +1,195 @@
+//! Persistent and ephemeral sandboxes through the CLI, with real guests, a real state database
+//! and real signals. Test names start with `vm_` (serialized, hard timeout; see
+//! .config/nextest.toml).
+
+use std::time::{Duration, Instant};
+
+use cella_testkit::{require_vm, run_with_timeout, Finished, TestHome, COMMAND_TIMEOUT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cella");
+
+fn cella(home: &TestHome, args: &[&str]) -> Finished {
+    let mut cmd = home.command(BIN);
+    cmd.args(args);
+    run_with_timeout(cmd, b"", COMMAND_TIMEOUT)
+}
+
+fn ok(home: &TestHome, args: &[&str]) -> String {
+    let out = cella(home, args);
+    assert_eq!(out.code(), 0, "cella {args:?}: {}", out.stderr_text());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn ls_json(home: &TestHome) -> Vec<serde_json::Value> {
+    serde_json::from_str(&ok(home, &["ls", "--all", "--json"])).unwrap()
+}
+
+fn entry(home: &TestHome, name: &str) -> Option<serde_json::Value> {
+    ls_json(home).into_iter().find(|e| e["name"] == name)
+}
+
+fn status(home: &TestHome, name: &str) -> String {
+    entry(home, name).map(|e| e["status"].as_str().unwrap().to_string()).unwrap_or_default()
+}
+
+/// Polls `ls` until `name` has `want` status.
+fn wait_status(home: &TestHome, name: &str, want: &str, limit: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(e) = entry(home, name) {
+            if e["status"] == want {
+                return e;
+            }
+        }
+        assert!(Instant::now() < deadline, "{name} never became {want}: {:?}", entry(home, name));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn vm_sandbox_keeps_files_across_stop_and_start_then_is_removed() {
+    if !require_vm("vm_sandbox_keeps_files_across_stop_and_start_then_is_removed") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "keeper", "--env", "GREETING=hi"]);
+    assert_eq!(status(&home, "keeper"), "Created");
+
+    ok(&home, &["start", "keeper"]);
+    assert_eq!(status(&home, "keeper"), "Running");
+    assert_eq!(ok(&home, &["exec", "keeper", "--", "sh", "-c", "echo $GREETING > /root/note; cat /root/note"]), "hi\n");
+    let out = cella(&home, &["start", "keeper"]);
+    assert_eq!(out.code(), 125);
+    assert!(out.stderr_text().contains("already Running"), "{}", out.stderr_text());
+
+    ok(&home, &["stop", "keeper"]);
+    let stopped = entry(&home, "keeper").unwrap();
+    assert_eq!(stopped["status"], "Stopped");
+    assert_eq!(stopped["last_termination_reason"], "ShutdownRequested");
+    let out = cella(&home, &["stop", "keeper"]);
+    assert_eq!(out.code(), 125, "stopping a stopped sandbox must fail");
+    assert!(out.stderr_text().contains("not running"), "{}", out.stderr_text());
+
+    ok(&home, &["start", "keeper"]);
+    assert_eq!(ok(&home, &["exec", "keeper", "--", "cat", "/root/note"]), "hi\n");
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&home, &["inspect", "keeper", "--json"])).unwrap();
+    assert_eq!(inspect["runs"].as_array().unwrap().len(), 2);
+
+    let out = cella(&home, &["rm", "keeper"]);
+    assert_eq!(out.code(), 125, "removing a running sandbox without --force must fail");
+    assert_eq!(status(&home, "keeper"), "Running");
+    ok(&home, &["rm", "--force", "keeper"]);
+    assert!(entry(&home, "keeper").is_none());
+    assert!(home.sandbox_dirs().is_empty(), "{:?}", home.sandbox_dirs());
+}
+
+#[test]
+fn vm_run_keep_leaves_a_stopped_sandbox_that_starts_again_with_its_files() {
+    if !require_vm("vm_run_keep_leaves_a_stopped_sandbox_that_starts_again_with_its_files") {
+        return;
+    }
+    let home = TestHome::new();
+    let out = cella(&home, &["run", "--name", "kept", "--keep", "--", "sh", "-c", "echo v1 > /root/state"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let kept = wait_status(&home, "kept", "Stopped", Duration::from_secs(30));
+    assert_eq!(kept["ephemeral"], false);
+    let out = cella(&home, &["run", "--name", "kept", "--", "true"]);
+    assert_eq!(out.code(), 125, "a duplicate name must fail");
+    assert!(out.stderr_text().contains("already exists"), "{}", out.stderr_text());
+
+    ok(&home, &["start", "kept"]);
+    assert_eq!(ok(&home, &["exec", "kept", "--", "cat", "/root/state"]), "v1\n");
+    ok(&home, &["rm", "-f", "kept"]);
+}
+
+#[test]
+fn vm_idle_timeout_stops_a_sandbox_with_idle_timeout() {
+    if !require_vm("vm_idle_timeout_stops_a_sandbox_with_idle_timeout") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "idler", "--idle-timeout", "3"]);
+    ok(&home, &["start", "idler"]);
+    let stopped = wait_status(&home, "idler", "Stopped", Duration::from_secs(60));
+    assert_eq!(stopped["last_termination_reason"], "IdleTimeout");
+    ok(&home, &["rm", "idler"]);
+}
+
+#[test]
+fn vm_max_duration_stops_a_busy_sandbox_with_max_duration_exceeded() {
+    if !require_vm("vm_max_duration_stops_a_busy_sandbox_with_max_duration_exceeded") {
+        return;
+    }
+    let home = TestHome::new();
+    // The command keeps a session open, so only the maximum duration can end the run.
+    let out = cella(&home, &["run", "--name", "capped", "--keep", "--max-duration", "4", "--", "sleep", "600"]);
+    assert_ne!(out.code(), 0);
+    let stopped = wait_status(&home, "capped", "Stopped", Duration::from_secs(60));
+    assert_eq!(stopped["last_termination_reason"], "MaxDurationExceeded");
+}
+
+#[test]
+fn vm_killed_sandbox_process_shows_crashed_at_the_next_command() {
+    if !require_vm("vm_killed_sandbox_process_shows_crashed_at_the_next_command") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "victim"]);
+    ok(&home, &["start", "victim"]);
+    let pid = entry(&home, "victim").unwrap()["pid"].as_i64().unwrap();
+    // SAFETY: plain kill(2) on the sandbox process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    let crashed = entry(&home, "victim").unwrap();
+    assert_eq!(crashed["status"], "Crashed", "{crashed}");
+    assert_eq!(crashed["last_termination_reason"], "InternalError");
+
+    // A crashed persistent sandbox starts again.
+    ok(&home, &["start", "victim"]);
+    assert_eq!(ok(&home, &["exec", "victim", "--", "echo", "back"]), "back\n");
+    ok(&home, &["rm", "-f", "victim"]);
+}
+
+#[test]
+fn vm_killed_ephemeral_sandbox_is_gone_after_the_next_start() {
+    if !require_vm("vm_killed_ephemeral_sandbox_is_gone_after_the_next_start") {
+        return;
+    }
+    let home = TestHome::new();
+    // `cella run` keeps the ephemeral sandbox alive while its command sleeps.
+    let mut cmd = home.command(BIN);
+    cmd.args(["run", "--name", "doomed", "--", "sleep", "600"]);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut runner = cmd.spawn().unwrap();
+    let running = wait_status(&home, "doomed", "Running", COMMAND_TIMEOUT);
+    let pid = running["pid"].as_i64().unwrap();
+    // SAFETY: plain kill(2) on the sandbox process and the `cella run` this test started.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+        libc::kill(-(runner.id() as i32), libc::SIGKILL);
+    }
+    let _ = runner.wait();
+    assert_eq!(status(&home, "doomed"), "Crashed");
+
+    // The next sandbox process's startup sweep removes it, row and directory. The first boot of
+    // this test already swept, so let the minimum interval between sweeps elapse first.
+    expire_last_sweep(&home);
+    let out = cella(&home, &["run", "--", "true"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    assert!(entry(&home, "doomed").is_none(), "{:?}", ls_json(&home));
+    assert!(!home.sandbox_dirs().contains(&"doomed".to_string()));
+}
+
+/// Moves the last completed maintenance sweep back past the minimum sweep interval, as if the
+/// interval had elapsed.
+fn expire_last_sweep(home: &TestHome) {
+    let db_path = home.path().join("db/cella.db");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let db = cella_db::Db::open(&db_path).await.unwrap();
+        sqlx::query("UPDATE maintenance_lease SET last_completed_at = 0, lease_expires_at = 0")
+            .execute(db.pool())
+            .await
+            .unwrap();
+    });
+}
