@@ -86,4 +86,10 @@ fn krun_backend_explains_why_it_cannot_run_here() {
     let out = run(&home, &["run", "--backend", "krun", "--", "true"]);
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr_text().contains("krun backend cannot run here"), "{}", out.stderr_text());
+    assert_eq!(out.stderr_text().trim_end().lines().count(), 1, "{}", out.stderr_text());
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        let reason = "KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel";
+        assert!(out.stderr_text().contains(reason), "{}", out.stderr_text());
+    }
+    assert!(home.sandbox_dirs().is_empty(), "left {:?}", home.sandbox_dirs());
 }

@@ -1,14 +1,16 @@
-//! `cella run` end to end: each test boots a real guest through the qemu backend.
+//! `cella run` end to end: each test boots a real guest through the backend `auto` picks on
+//! this host (qemu without hardware KVM, krun with it), or the one `CELLA_TEST_BACKEND` names
+//! (see cella-testkit). `vm_run_uses_the_backend_auto_or_the_override_picks` says which ran.
 //!
 //! Test names start with `vm_` so nextest runs them one at a time with a hard timeout
 //! (.config/nextest.toml). They skip with a message when the guest assets are missing, and fail
 //! instead when `CELLA_REQUIRE_VM=1`.
 
 use std::io::Read;
-use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use cella_testkit::tree_snapshot as snapshot;
 use cella_testkit::{processes_matching, require_vm, run_with_timeout, wait_or_kill, TestHome, COMMAND_TIMEOUT};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cella");
@@ -21,20 +23,7 @@ fn cella_run(home: &TestHome, args: &[&str], stdin: &[u8]) -> cella_testkit::Fin
 
 /// After a run: no sandbox directory, no socket, no emulator for this home.
 fn assert_nothing_left(home: &TestHome) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let home_text = home.path().to_string_lossy().into_owned();
-    loop {
-        let dirs = home.sandbox_dirs();
-        let run = home.run_entries();
-        let qemus = processes_matching(&home_text);
-        if dirs.is_empty() && run.iter().all(|e| e.ends_with(".lock")) && qemus.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!("left behind: dirs {dirs:?}, run/ {run:?}, processes {qemus:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    home.assert_nothing_left();
 }
 
 #[test]
@@ -113,26 +102,6 @@ fn vm_run_reports_missing_unexecutable_and_signalled_commands() {
     assert_nothing_left(&home);
 }
 
-/// Everything under `dir`: path, size, mode and content, to prove a root was not modified.
-fn snapshot(dir: &Path) -> Vec<(String, u64, u32, Vec<u8>)> {
-    use std::os::unix::fs::MetadataExt;
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            let content = if meta.is_file() { std::fs::read(&path).unwrap() } else { Vec::new() };
-            if meta.is_dir() {
-                stack.push(path.clone());
-            }
-            out.push((path.display().to_string(), meta.len(), meta.mode(), content));
-        }
-    }
-    out.sort();
-    out
-}
-
 #[test]
 fn vm_run_never_modifies_the_root_even_when_the_guest_remounts_it() {
     if !require_vm("vm_run_never_modifies_the_root_even_when_the_guest_remounts_it") {
@@ -148,9 +117,11 @@ fn vm_run_never_modifies_the_root_even_when_the_guest_remounts_it() {
     assert!(status.success());
     let before = snapshot(root.path());
 
+    // The root share is tagged `rootfs` on both backends: 9p on qemu, virtio-fs on krun.
     let script = "echo changed > /etc/hostname; touch /new-file; rm -f /bin/ls; \
         cat /etc/hostname; mkdir -p /mnt/r; \
-        if mount -t 9p -o trans=virtio,version=9p2000.L rootfs /mnt/r; then \
+        if mount -t 9p -o trans=virtio,version=9p2000.L rootfs /mnt/r 2>/dev/null \
+           || mount -t virtiofs rootfs /mnt/r 2>/dev/null; then \
           (touch /mnt/r/evil && echo WROTE-THROUGH) || echo refused; \
           mount -o remount,rw /mnt/r && (touch /mnt/r/evil2 && echo WROTE-THROUGH) || echo refused; \
         else echo no-remount; fi";
@@ -171,7 +142,9 @@ fn vm_run_boot_timeout_kills_a_guest_that_never_answers() {
     let home = TestHome::new();
     silent_guest_kernel_dir(&home);
     let started = Instant::now();
-    let out = cella_run(&home, &["--boot-timeout", "8", "--", "true"], b"");
+    // The silent guest is an initramfs, which only qemu boots (krun ignores an initramfs and
+    // has its own version of this test in krun_vm.rs).
+    let out = cella_run(&home, &["--backend", "qemu", "--boot-timeout", "8", "--", "true"], b"");
     assert_eq!(out.code(), 125, "{}", out.stderr_text());
     let stderr = out.stderr_text();
     assert!(stderr.contains("did not answer within 8s"), "{stderr}");
@@ -219,33 +192,8 @@ fn silent_guest_kernel_dir(home: &TestHome) {
 /// Spawns `cella run` with piped stdout and waits until the guest printed `marker`.
 fn spawn_until(home: &TestHome, args: &[&str], marker: &str) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
     let mut cmd = home.command(BIN);
-    cmd.arg("run").args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let marker = marker.as_bytes().to_vec();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        let mut told = false;
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-            if !told && all.windows(marker.len()).any(|w| w == marker.as_slice()) {
-                told = true;
-                let _ = tx.send(());
-            }
-        }
-        all
-    });
-    if rx.recv_timeout(COMMAND_TIMEOUT).is_err() {
-        // SAFETY: plain kill(2) on the process group this test created.
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-        panic!("guest never printed the marker");
-    }
-    (child, reader)
+    cmd.arg("run").args(args);
+    cella_testkit::spawn_until(cmd, marker)
 }
 
 #[test]
@@ -340,4 +288,106 @@ fn vm_run_python_in_a_real_debian_root() {
     assert_eq!(out.code(), 3, "{}", out.stderr_text());
     assert_eq!(out.stdout, "{\"answer\": 42, \"len\": 7, \"upper\": \"HELLO \u{c9}\"}".as_bytes());
     assert_eq!(out.stderr, b"to stderr\n");
+}
+
+/// The backend this suite is meant to run on: `CELLA_TEST_BACKEND` if set, else what `auto`
+/// resolves to with the shared assets on this host.
+fn expected_backend() -> String {
+    use cella_runtime::config::BackendKind;
+    match cella_testkit::test_backend() {
+        Some(forced) if forced != "auto" => forced,
+        _ => {
+            let kernel_dir = cella_testkit::assets_home().join("kernel");
+            let assets = cella_runtime::assets::BootAssets::load(&kernel_dir).expect("assets");
+            let kind = cella_runtime::backend::select(BackendKind::Auto, assets.krun_install());
+            kind.expect("auto never fails").name().to_string()
+        }
+    }
+}
+
+#[test]
+fn vm_run_uses_the_backend_auto_or_the_override_picks() {
+    if !require_vm("vm_run_uses_the_backend_auto_or_the_override_picks") {
+        return;
+    }
+    let home = TestHome::new();
+    let out = cella_run(&home, &["--name", "which", "--keep", "--", "true"], b"");
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let log_path = home.path().join("sandboxes/which/logs/runtime.log");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let expected = expected_backend();
+    eprintln!("functional VM suite backend on this host: {expected}");
+    let line = log.lines().find(|l| l.contains("guest is up"));
+    let line = line.unwrap_or_else(|| panic!("no boot line: {log}"));
+    let quoted = format!("backend=\"{expected}\"");
+    let bare = format!("backend={expected}");
+    assert!(line.contains(&quoted) || line.contains(&bare), "expected {expected}: {line}");
+}
+
+#[test]
+fn vm_run_ctrl_c_at_a_terminal_reaches_the_guest_command() {
+    if !require_vm("vm_run_ctrl_c_at_a_terminal_reaches_the_guest_command") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let home = TestHome::new();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave.as_raw_fd();
+    // Not home.command(): its process_group(0) would make setsid() below fail.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env("CELLA_HOME", home.path());
+    cmd.args(["run", "--", "sh", "-c", "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done"]);
+    cmd.stdin(std::fs::File::from(pty.slave.try_clone().unwrap()))
+        .stdout(std::fs::File::from(pty.slave.try_clone().unwrap()))
+        .stderr(std::fs::File::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: runs in the child before exec; setsid and ioctl are async-signal-safe. The child
+    // becomes a session leader whose controlling terminal is the pty, as under a real terminal.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::ioctl(slave, libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // setsid makes the child its own process group, so wait_or_kill can still kill the group.
+    let mut child = cmd.spawn().unwrap();
+    // Only the child may hold the terminal's slave side, or the master never sees its end.
+    drop(cmd);
+    drop(pty.slave);
+    let master = std::fs::File::from(pty.master);
+    let mut writer = master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut master = master;
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while !String::from_utf8_lossy(&seen).contains("ready") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => seen.extend_from_slice(&bytes),
+            Err(_) => {
+                // SAFETY: plain kill(2) on the process group of the child this test started.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                panic!("no ready marker: {:?}", String::from_utf8_lossy(&seen));
+            }
+        }
+    }
+    std::io::Write::write_all(&mut writer, b"\x03").unwrap();
+    let status = wait_or_kill(&mut child, COMMAND_TIMEOUT);
+    while let Ok(bytes) = rx.recv_timeout(Duration::from_secs(2)) {
+        seen.extend_from_slice(&bytes);
+    }
+    assert_eq!(status.code(), Some(9), "{:?}", String::from_utf8_lossy(&seen));
+    assert!(String::from_utf8_lossy(&seen).contains("got-int"));
+    assert_nothing_left(&home);
 }

@@ -9,6 +9,12 @@
 //! `CELLA_REQUIRE_VM=1` (set by CI), in which case it fails: a guest that cannot boot must fail
 //! the run, never pass it silently. Every command a test runs has a deadline after which its
 //! whole process group is killed, so one hung guest cannot hang the suite.
+//!
+//! Backends: every `cella` command a test starts through [`TestHome::command`] uses the backend
+//! named by `CELLA_TEST_BACKEND` (`auto`, `qemu` or `krun`), default `auto`: whichever backend
+//! the host's KVM probe picks. So the whole functional VM suite runs on krun the day it runs on
+//! a host with VMX/SVM KVM, and can be forced onto either backend anywhere. Tests that need
+//! hardware KVM call [`require_kvm`] (`CELLA_REQUIRE_KVM=1` makes a missing KVM a failure).
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -18,6 +24,18 @@ use std::time::{Duration, Instant};
 
 /// Set to `1` to turn a missing VM prerequisite into a failure.
 pub const REQUIRE_VM_ENV: &str = "CELLA_REQUIRE_VM";
+
+/// Set to `1` to turn a missing hardware-KVM prerequisite (krun tests) into a failure.
+pub const REQUIRE_KVM_ENV: &str = "CELLA_REQUIRE_KVM";
+
+/// Names the backend every test command uses (`auto`, `qemu`, `krun`); unset means `auto`.
+pub const TEST_BACKEND_ENV: &str = "CELLA_TEST_BACKEND";
+
+/// The variable `cella` reads as the default of `--backend`.
+pub const CLI_BACKEND_ENV: &str = "CELLA_BACKEND";
+
+/// Where setup installs libkrunfw under the kernel directory (cella-runtime's `KRUNFW_PATH`).
+const KRUNFW_PATH: &str = "krun/libkrunfw.so.5.6.1";
 
 /// Deadline for one `cella` invocation that boots a guest under software emulation.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(180);
@@ -66,6 +84,74 @@ pub fn require_vm(test: &str) -> bool {
     }
 }
 
+/// Whether krun VM tests must run rather than skip.
+pub fn kvm_required() -> bool {
+    std::env::var(REQUIRE_KVM_ENV).is_ok_and(|v| v == "1")
+}
+
+/// The backend tests are asked to use (`CELLA_TEST_BACKEND`), if any.
+pub fn test_backend() -> Option<String> {
+    std::env::var(TEST_BACKEND_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// Why a krun VM test cannot run here, if it cannot: the same checks as cella's KVM probe
+/// (VMX or SVM, no kvm_pvm, `KVM_CREATE_VM` works) plus the krun assets.
+pub fn kvm_missing() -> Option<String> {
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("KVM is kvm-pvm, which cannot run the krun guest kernel".into());
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo.lines().filter(|l| l.starts_with("flags"));
+    if !flags.flat_map(str::split_whitespace).any(|f| f == "vmx" || f == "svm") {
+        return Some("the CPU offers no VMX or SVM".into());
+    }
+    if let Err(why) = create_vm() {
+        return Some(why);
+    }
+    let assets = assets_home();
+    if !assets.join("kernel/current.json").is_file() || !assets.join("rootfs/default").is_dir() {
+        return Some(format!("no guest assets under {} (run scripts/setup)", assets.display()));
+    }
+    let kernel = assets.join("kernel");
+    if !kernel.join(KRUNFW_PATH).is_file() || !kernel.join("cella-agent").is_file() {
+        return Some(format!("krun assets missing under {} (run scripts/setup)", kernel.display()));
+    }
+    None
+}
+
+/// Opens /dev/kvm and creates (and closes) one VM.
+fn create_vm() -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
+    // SAFETY: KVM_CREATE_VM takes an integer argument and returns a new fd or -1; `kvm` is open.
+    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
+    if vm < 0 {
+        return Err(format!("KVM_CREATE_VM failed: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `vm` was just returned by the kernel and nothing else owns it.
+    unsafe { libc::close(vm) };
+    Ok(())
+}
+
+/// Like [`require_vm`] for tests that need hardware KVM (the krun backend): true when the test
+/// should run; prints why and returns false when it should be skipped; panics when it cannot
+/// run but `CELLA_REQUIRE_KVM=1`.
+pub fn require_kvm(test: &str) -> bool {
+    match kvm_missing() {
+        None => true,
+        Some(why) if kvm_required() => panic!("{test}: KVM test cannot run: {why}"),
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why}; set {REQUIRE_KVM_ENV}=1 to make this a failure");
+            false
+        }
+    }
+}
+
 /// A fresh `CELLA_HOME` that shares the guest assets.
 pub struct TestHome {
     dir: tempfile::TempDir,
@@ -89,10 +175,15 @@ impl TestHome {
         self.dir.path()
     }
 
-    /// A command running `bin` with this home and a fresh process group.
+    /// A command running `bin` with this home, the test backend (see the module doc) and a
+    /// fresh process group.
     pub fn command(&self, bin: &str) -> Command {
         let mut cmd = Command::new(bin);
         cmd.env("CELLA_HOME", self.path()).env_remove("CELLA_LOG").process_group(0);
+        match test_backend() {
+            Some(backend) => cmd.env(CLI_BACKEND_ENV, backend),
+            None => cmd.env_remove(CLI_BACKEND_ENV),
+        };
         cmd
     }
 
@@ -104,6 +195,25 @@ impl TestHome {
     /// Names of the entries in `run/` (sockets, locks).
     pub fn run_entries(&self) -> Vec<String> {
         list(&self.path().join("run"))
+    }
+
+    /// Waits up to 20 s until no sandbox directory, no socket and no process naming this home
+    /// (an emulator, a sandbox process) is left; panics with what is left otherwise.
+    pub fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let home_text = self.path().to_string_lossy().into_owned();
+        loop {
+            let dirs = self.sandbox_dirs();
+            let run = self.run_entries();
+            let processes = processes_matching(&home_text);
+            if dirs.is_empty() && run.iter().all(|e| e.ends_with(".lock")) && processes.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("left behind: dirs {dirs:?}, run/ {run:?}, processes {processes:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -212,4 +322,60 @@ pub fn debian_rootfs() -> Option<PathBuf> {
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cella"));
     let dir = cache.join("debian-bookworm-python");
     dir.join("usr/bin/python3").exists().then_some(dir)
+}
+
+/// One entry of [`tree_snapshot`]: path, size, mode and content (files only).
+pub type SnapshotEntry = (String, u64, u32, Vec<u8>);
+
+/// Everything under `dir`, to prove a root was not modified.
+pub fn tree_snapshot(dir: &Path) -> Vec<SnapshotEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let content = if meta.is_file() { std::fs::read(&path).unwrap() } else { Vec::new() };
+            if meta.is_dir() {
+                stack.push(path.clone());
+            }
+            out.push((path.display().to_string(), meta.len(), meta.mode(), content));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Spawns `cmd` (stdin null, stdout piped, stderr inherited) and waits until its stdout has
+/// shown `marker`. Returns the child and a thread collecting all of its stdout. Kills the
+/// child's process group and panics if the marker does not come within [`COMMAND_TIMEOUT`].
+pub fn spawn_until(mut cmd: Command, marker: &str) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().expect("spawn command");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let marker = marker.as_bytes().to_vec();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let mut told = false;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if !told && all.windows(marker.len()).any(|w| w == marker.as_slice()) {
+                told = true;
+                let _ = tx.send(());
+            }
+        }
+        all
+    });
+    if rx.recv_timeout(COMMAND_TIMEOUT).is_err() {
+        // SAFETY: plain kill(2) on the process group the caller created (process_group(0)).
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        panic!("the command never printed the marker");
+    }
+    (child, reader)
 }

@@ -283,7 +283,8 @@ fn free_initramfs() {
     };
     let magic = fs.filesystem_type().0;
     if magic != RAMFS_MAGIC && magic != libc::TMPFS_MAGIC {
-        crate::log_warn!("/ is not an initramfs; not freeing it");
+        // Expected on krun, whose `/` is the read-only boot directory: not worth a warning.
+        crate::log_info!("/ is not an initramfs; not freeing it");
         return;
     }
     let Ok(root) = std::fs::symlink_metadata("/") else {

@@ -25,8 +25,9 @@ pub struct SandboxOpts {
     /// Default working directory of commands in the sandbox
     #[arg(long, short = 'w', value_name = "DIR")]
     pub workdir: Option<String>,
-    /// VMM backend: auto, qemu or krun
-    #[arg(long, default_value = "auto", value_name = "BACKEND")]
+    /// VMM backend: auto (krun where hardware KVM works and its kernel is installed, else
+    /// qemu), qemu or krun
+    #[arg(long, env = "CELLA_BACKEND", default_value = "auto", value_name = "BACKEND")]
     pub backend: String,
     /// Stop the sandbox after this many seconds without a connected client or running command
     #[arg(long, value_name = "SECS")]

@@ -22,9 +22,9 @@ pub struct SandboxArgs {
 
 /// Runs the sandbox process to completion.
 pub fn main(args: SandboxArgs) -> u8 {
-    // SAFETY: the launcher passed this fd to us for exactly this purpose and nothing else in
-    // this process opens or owns it.
     let mut reporter = match args.ready_fd {
+        // SAFETY: the launcher passed this fd to us for exactly this purpose and nothing else in
+        // this process opens or owns it.
         Some(fd) => unsafe { ReadyReporter::from_fd(fd) },
         None => ReadyReporter::none(),
     };

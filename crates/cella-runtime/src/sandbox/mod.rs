@@ -96,20 +96,9 @@ impl Prepared {
     }
 }
 
-/// Runs the sandbox `name` to completion with the VMM in a child process (qemu). Returns the
-/// process's exit status: 0 when the run ended in an orderly way, 1 otherwise. The sandbox
-/// process itself starts through [`process::main`], which also handles krun.
-pub async fn run(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
-    match prepare(&home, name).await {
-        Ok(prepared) => run_prepared(home, prepared, reporter, Host::Child).await,
-        Err(err) => {
-            reporter.report(&ReadyReport::Failed { error: error_line(&err) });
-            1
-        }
-    }
-}
-
-/// Runs a prepared sandbox to completion on `host`; see [`run`].
+/// Runs a prepared sandbox to completion, booting its VM on `host`. Returns the process's exit
+/// status: 0 when the run ended in an orderly way, 1 otherwise. The sandbox process starts
+/// through [`process::main`], which prepares the sandbox and picks the host.
 pub async fn run_prepared(home: Home, prepared: Prepared, mut reporter: ReadyReporter, host: Host) -> i32 {
     let Prepared { config, record } = prepared;
     let maintenance = {

@@ -40,7 +40,8 @@ const CACHE_TIMEOUT: Duration = Duration::from_secs(3600);
 const INJECTED_INIT: &[u8] = b"init.krun";
 
 /// Open flags that would let the host file be changed.
-const WRITE_FLAGS: i32 = libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_CREAT | libc::O_APPEND;
+const WRITE_FLAGS: i32 =
+    libc::O_WRONLY | libc::O_RDWR | libc::O_TRUNC | libc::O_CREAT | libc::O_APPEND;
 
 /// The share could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -77,10 +78,14 @@ pub struct ReadOnlyFs {
 impl ReadOnlyFs {
     /// Shares `dir` read-only.
     pub fn new(dir: &Path) -> Result<Self, ReadOnlyFsError> {
-        let root = dir.to_str().ok_or_else(|| ReadOnlyFsError::NotUtf8 { path: dir.to_path_buf() })?;
+        let root = dir.to_str().ok_or_else(|| ReadOnlyFsError::NotUtf8 {
+            path: dir.to_path_buf(),
+        })?;
         // The passthrough opens its root only when the guest mounts it; fail here instead.
         if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
-            return Err(ReadOnlyFsError::NotADirectory { path: dir.to_path_buf() });
+            return Err(ReadOnlyFsError::NotADirectory {
+                path: dir.to_path_buf(),
+            });
         }
         let config = Config {
             root_dir: root.to_owned(),
@@ -91,9 +96,14 @@ impl ReadOnlyFs {
             xattr: true,
             ..Config::default()
         };
-        let inner = PassthroughFs::new(config)
-            .map_err(|source| ReadOnlyFsError::Passthrough { path: dir.to_path_buf(), source })?;
-        Ok(Self { inner, umask: current_umask() })
+        let inner = PassthroughFs::new(config).map_err(|source| ReadOnlyFsError::Passthrough {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            inner,
+            umask: current_umask(),
+        })
     }
 }
 
@@ -173,7 +183,12 @@ impl DynFileSystem for ReadOnlyFs {
         self.inner.batch_forget(ctx, requests)
     }
 
-    fn getattr(&self, ctx: Context, inode: u64, handle: Option<u64>) -> io::Result<(stat64, Duration)> {
+    fn getattr(
+        &self,
+        ctx: Context,
+        inode: u64,
+        handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
         self.inner.getattr(ctx, inode, handle)
     }
 
@@ -181,7 +196,13 @@ impl DynFileSystem for ReadOnlyFs {
         self.inner.readlink(ctx, inode)
     }
 
-    fn open(&self, ctx: Context, inode: u64, kill_priv: bool, flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+    fn open(
+        &self,
+        ctx: Context,
+        inode: u64,
+        kill_priv: bool,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
         if flags as i32 & WRITE_FLAGS != 0 {
             return erofs();
         }
@@ -199,7 +220,16 @@ impl DynFileSystem for ReadOnlyFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.read(ctx, inode, handle, Writer(w), size, offset, lock_owner, flags)
+        self.inner.read(
+            ctx,
+            inode,
+            handle,
+            Writer(w),
+            size,
+            offset,
+            lock_owner,
+            flags,
+        )
     }
 
     fn flush(&self, ctx: Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
@@ -220,7 +250,8 @@ impl DynFileSystem for ReadOnlyFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.inner
+            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: Context, inode: u64) -> io::Result<statvfs64> {
@@ -229,7 +260,13 @@ impl DynFileSystem for ReadOnlyFs {
         Ok(st)
     }
 
-    fn getxattr(&self, ctx: Context, inode: u64, name: &CStr, size: u32) -> io::Result<GetxattrReply> {
+    fn getxattr(
+        &self,
+        ctx: Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
         self.inner.getxattr(ctx, inode, name, size)
     }
 
@@ -237,7 +274,12 @@ impl DynFileSystem for ReadOnlyFs {
         self.inner.listxattr(ctx, inode, size)
     }
 
-    fn opendir(&self, ctx: Context, inode: u64, flags: u32) -> io::Result<(Option<u64>, OpenOptions)> {
+    fn opendir(
+        &self,
+        ctx: Context,
+        inode: u64,
+        flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
         self.inner.opendir(ctx, inode, flags)
     }
 
@@ -250,7 +292,8 @@ impl DynFileSystem for ReadOnlyFs {
         offset: u64,
         add_entry: &mut AddDirEntry<'_>,
     ) -> io::Result<()> {
-        self.inner.readdir(ctx, inode, handle, size, offset, |entry| add_entry(entry))
+        self.inner
+            .readdir(ctx, inode, handle, size, offset, add_entry)
     }
 
     fn readdirplus_for_each(
@@ -262,10 +305,19 @@ impl DynFileSystem for ReadOnlyFs {
         offset: u64,
         add_entry: &mut AddDirEntryPlus<'_>,
     ) -> io::Result<()> {
-        self.inner.readdirplus(ctx, inode, handle, size, offset, |dir, entry| add_entry(dir, entry))
+        self.inner
+            .readdirplus(ctx, inode, handle, size, offset, |dir, entry| {
+                add_entry(dir, entry)
+            })
     }
 
-    fn fsyncdir(&self, _ctx: Context, _inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
+    fn fsyncdir(
+        &self,
+        _ctx: Context,
+        _inode: u64,
+        _datasync: bool,
+        _handle: u64,
+    ) -> io::Result<()> {
         Ok(())
     }
 
@@ -280,7 +332,14 @@ impl DynFileSystem for ReadOnlyFs {
         self.inner.access(ctx, inode, mask)
     }
 
-    fn lseek(&self, ctx: Context, inode: u64, handle: u64, offset: u64, whence: u32) -> io::Result<u64> {
+    fn lseek(
+        &self,
+        ctx: Context,
+        inode: u64,
+        handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
         self.inner.lseek(ctx, inode, handle, offset, whence)
     }
 
@@ -297,7 +356,14 @@ impl DynFileSystem for ReadOnlyFs {
         erofs()
     }
 
-    fn symlink(&self, _ctx: Context, _link: &CStr, _parent: u64, _name: &CStr, _ext: Extensions) -> io::Result<Entry> {
+    fn symlink(
+        &self,
+        _ctx: Context,
+        _link: &CStr,
+        _parent: u64,
+        _name: &CStr,
+        _ext: Extensions,
+    ) -> io::Result<Entry> {
         erofs()
     }
 
@@ -314,7 +380,15 @@ impl DynFileSystem for ReadOnlyFs {
         erofs()
     }
 
-    fn mkdir(&self, _ctx: Context, _parent: u64, _name: &CStr, _mode: u32, _umask: u32, _ext: Extensions) -> io::Result<Entry> {
+    fn mkdir(
+        &self,
+        _ctx: Context,
+        _parent: u64,
+        _name: &CStr,
+        _mode: u32,
+        _umask: u32,
+        _ext: Extensions,
+    ) -> io::Result<Entry> {
         erofs()
     }
 
@@ -326,11 +400,25 @@ impl DynFileSystem for ReadOnlyFs {
         erofs()
     }
 
-    fn rename(&self, _ctx: Context, _olddir: u64, _old: &CStr, _newdir: u64, _new: &CStr, _flags: u32) -> io::Result<()> {
+    fn rename(
+        &self,
+        _ctx: Context,
+        _olddir: u64,
+        _old: &CStr,
+        _newdir: u64,
+        _new: &CStr,
+        _flags: u32,
+    ) -> io::Result<()> {
         erofs()
     }
 
-    fn link(&self, _ctx: Context, _inode: u64, _newparent: u64, _newname: &CStr) -> io::Result<Entry> {
+    fn link(
+        &self,
+        _ctx: Context,
+        _inode: u64,
+        _newparent: u64,
+        _newname: &CStr,
+    ) -> io::Result<Entry> {
         erofs()
     }
 
@@ -364,11 +452,26 @@ impl DynFileSystem for ReadOnlyFs {
         erofs()
     }
 
-    fn fallocate(&self, _ctx: Context, _inode: u64, _handle: u64, _mode: u32, _offset: u64, _len: u64) -> io::Result<()> {
+    fn fallocate(
+        &self,
+        _ctx: Context,
+        _inode: u64,
+        _handle: u64,
+        _mode: u32,
+        _offset: u64,
+        _len: u64,
+    ) -> io::Result<()> {
         erofs()
     }
 
-    fn setxattr(&self, _ctx: Context, _inode: u64, _name: &CStr, _value: &[u8], _flags: u32) -> io::Result<()> {
+    fn setxattr(
+        &self,
+        _ctx: Context,
+        _inode: u64,
+        _name: &CStr,
+        _value: &[u8],
+        _flags: u32,
+    ) -> io::Result<()> {
         erofs()
     }
 
@@ -442,7 +545,11 @@ mod tests {
     const ROOT: u64 = 1;
 
     fn ctx() -> Context {
-        Context { uid: 0, gid: 0, pid: 0 }
+        Context {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        }
     }
 
     fn name(text: &str) -> CString {
@@ -468,8 +575,11 @@ mod tests {
         let (_dir, fs) = share();
         let entry = fs.lookup(ctx(), ROOT, &name("file")).unwrap();
         assert_eq!(entry.attr.st_size, 7);
-        let (handle, _) = fs.open(ctx(), entry.inode, false, libc::O_RDONLY as u32).unwrap();
-        fs.release(ctx(), entry.inode, 0, handle.unwrap(), false, false, None).unwrap();
+        let (handle, _) = fs
+            .open(ctx(), entry.inode, false, libc::O_RDONLY as u32)
+            .unwrap();
+        fs.release(ctx(), entry.inode, 0, handle.unwrap(), false, false, None)
+            .unwrap();
         assert!(fs.lookup(ctx(), ROOT, &name("sub")).is_ok());
         fs.access(ctx(), entry.inode, libc::R_OK as u32).unwrap();
     }
@@ -480,23 +590,52 @@ mod tests {
         let file = fs.lookup(ctx(), ROOT, &name("file")).unwrap().inode;
         let rofs = |r: io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
 
-        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC, libc::O_APPEND] {
+        for flags in [
+            libc::O_WRONLY,
+            libc::O_RDWR,
+            libc::O_RDONLY | libc::O_TRUNC,
+            libc::O_APPEND,
+        ] {
             rofs(fs.open(ctx(), file, false, flags as u32).map(drop));
         }
         rofs(fs.access(ctx(), file, libc::W_OK as u32));
-        rofs(fs.mkdir(ctx(), ROOT, &name("new"), 0o755, 0, Extensions::default()).map(drop));
+        rofs(
+            fs.mkdir(ctx(), ROOT, &name("new"), 0o755, 0, Extensions::default())
+                .map(drop),
+        );
         rofs(fs.unlink(ctx(), ROOT, &name("file")));
         rofs(fs.rmdir(ctx(), ROOT, &name("sub")));
         rofs(fs.rename(ctx(), ROOT, &name("file"), ROOT, &name("moved"), 0));
-        rofs(fs.symlink(ctx(), &name("/etc"), ROOT, &name("link"), Extensions::default()).map(drop));
+        rofs(
+            fs.symlink(
+                ctx(),
+                &name("/etc"),
+                ROOT,
+                &name("link"),
+                Extensions::default(),
+            )
+            .map(drop),
+        );
         rofs(fs.link(ctx(), file, ROOT, &name("hard")).map(drop));
-        let create = fs.create(ctx(), ROOT, &name("new"), 0o644, false, 0, 0, Extensions::default());
+        let create = fs.create(
+            ctx(),
+            ROOT,
+            &name("new"),
+            0o644,
+            false,
+            0,
+            0,
+            Extensions::default(),
+        );
         rofs(create.map(drop));
         rofs(fs.setxattr(ctx(), file, &name("user.x"), b"1", 0));
         rofs(fs.removexattr(ctx(), file, &name("user.x")));
         rofs(fs.fallocate(ctx(), file, 0, 0, 0, 1 << 20));
 
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(std::fs::read(dir.path().join("file")).unwrap(), b"content");
         assert!(fs.statfs(ctx(), ROOT).unwrap().f_flag & libc::ST_RDONLY != 0);
@@ -505,7 +644,10 @@ mod tests {
     #[test]
     fn the_injected_aarch64_init_is_hidden() {
         let (_dir, fs) = share();
-        let err = fs.lookup(ctx(), ROOT, &name("init.krun")).err().expect("init.krun is visible");
+        let err = fs
+            .lookup(ctx(), ROOT, &name("init.krun"))
+            .err()
+            .expect("init.krun is visible");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }
 
@@ -513,13 +655,18 @@ mod tests {
     fn libkrun_private_ioctls_are_refused() {
         let (_dir, fs) = share();
         let code = Arc::new(AtomicI32::new(0));
-        let err = fs.ioctl(ctx(), ROOT, 0, 0, 0x7602, 0, 0, 0, &code).unwrap_err();
+        let err = fs
+            .ioctl(ctx(), ROOT, 0, 0, 0x7602, 0, 0, 0, &code)
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
     }
 
     #[test]
     fn mounting_the_share_keeps_the_process_umask() {
-        let before = current_umask();
+        let before = {
+            let _serial = UMASK.lock().unwrap_or_else(|e| e.into_inner());
+            current_umask()
+        };
         let (_dir, _fs) = share();
         let _serial = UMASK.lock().unwrap_or_else(|e| e.into_inner());
         assert_eq!(current_umask(), before);

@@ -19,7 +19,11 @@
 //!   as on qemu. A signal in the few milliseconds between the two ends the VM directly; the run
 //!   is then recorded as a VM that stopped without the agent's goodbye;
 //! - the guest end of the agent port stays open on this thread until `enter` has duplicated it
-//!   into the console device.
+//!   into the console device;
+//! - no VM outlives the runtime: the main thread publishes the VM's exit handle before it
+//!   enters, and [`VmmThread::close`], called once the runtime is done, fires it and forbids
+//!   any later VM. (The runtime's own handle can be lost, for example when a signal cancels the
+//!   boot just as the VM was built.)
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{mpsc, Arc, Mutex};
@@ -69,10 +73,20 @@ pub struct VmmRequest {
     pub built: oneshot::Sender<Result<ExitHandle, KrunError>>,
 }
 
+/// The VM the main thread runs, as far as ending it goes.
+#[derive(Default)]
+struct Entered {
+    /// Exit handle of the VM that is (about to be) entered.
+    handle: Option<ExitHandle>,
+    /// The runtime is done: no VM may start any more.
+    closed: bool,
+}
+
 /// The runtime's way to the main thread. Dropping every clone lets the main thread finish.
 #[derive(Clone)]
 pub struct VmmThread {
     requests: mpsc::Sender<VmmRequest>,
+    entered: Arc<Mutex<Entered>>,
 }
 
 impl VmmThread {
@@ -80,17 +94,39 @@ impl VmmThread {
     pub fn request(&self, request: VmmRequest) -> Result<(), Box<VmmRequest>> {
         self.requests.send(request).map_err(|e| Box::new(e.0))
     }
+
+    /// Ends the VM the main thread runs, if any, and refuses every later one. For the sandbox
+    /// process once its runtime has finished (and sent its exit status).
+    pub fn close(&self) {
+        let mut entered = self.entered.lock().unwrap_or_else(|e| e.into_inner());
+        entered.closed = true;
+        if let Some(handle) = &entered.handle {
+            handle.trigger();
+        }
+    }
 }
 
 /// The main thread's end.
 pub struct MainThread {
     requests: mpsc::Receiver<VmmRequest>,
+    entered: Arc<Mutex<Entered>>,
 }
 
 /// A connected pair: give [`VmmThread`] to the runtime, keep [`MainThread`] on the main thread.
 pub fn vmm_thread() -> (VmmThread, MainThread) {
     let (tx, rx) = mpsc::channel();
-    (VmmThread { requests: tx }, MainThread { requests: rx })
+    let entered = Arc::new(Mutex::new(Entered::default()));
+    let thread = VmmThread {
+        requests: tx,
+        entered: Arc::clone(&entered),
+    };
+    (
+        thread,
+        MainThread {
+            requests: rx,
+            entered,
+        },
+    )
 }
 
 impl MainThread {
@@ -99,14 +135,19 @@ impl MainThread {
     pub fn serve(self, status: mpsc::Receiver<i32>) {
         let status = Arc::new(Mutex::new(status));
         while let Ok(request) = self.requests.recv() {
-            run(request, Arc::clone(&status));
+            run(request, &self.entered, Arc::clone(&status));
         }
     }
 }
 
 /// Builds and enters one VM; returns only if it could not be started.
-fn run(request: VmmRequest, status: Arc<Mutex<mpsc::Receiver<i32>>>) {
-    let VmmRequest { config, port, ended, built } = request;
+fn run(request: VmmRequest, entered: &Mutex<Entered>, status: Arc<Mutex<mpsc::Receiver<i32>>>) {
+    let VmmRequest {
+        config,
+        port,
+        ended,
+        built,
+    } = request;
     let ended = Arc::new(ended);
     let observer = exit_observer(Arc::clone(&ended), status);
     let vm = match build(&config, port.as_raw_fd(), observer) {
@@ -116,6 +157,13 @@ fn run(request: VmmRequest, status: Arc<Mutex<mpsc::Receiver<i32>>>) {
             return;
         }
     };
+    {
+        let mut entered = entered.lock().unwrap_or_else(|e| e.into_inner());
+        if entered.closed {
+            return; // the runtime is done; dropping `built` tells a late waiter so
+        }
+        entered.handle = Some(vm.exit_handle());
+    }
     if built.send(Ok(vm.exit_handle())).is_err() {
         return; // the runtime gave up waiting; do not start a VM nobody supervises
     }
@@ -128,19 +176,32 @@ fn run(request: VmmRequest, status: Arc<Mutex<mpsc::Receiver<i32>>>) {
 }
 
 /// Builds the VM; `port_fd` must stay open until `enter` (it is duplicated there).
-pub fn build(config: &KrunConfig, port_fd: RawFd, on_exit: impl Fn(i32) + Send + 'static) -> Result<Vm, KrunError> {
+pub fn build(
+    config: &KrunConfig,
+    port_fd: RawFd,
+    on_exit: impl Fn(i32) + Send + 'static,
+) -> Result<Vm, KrunError> {
     let boot = ReadOnlyFs::new(&config.boot_dir)?;
     let root = ReadOnlyFs::new(&config.rootfs)?;
     let cmdline = config.cmdline.join(" ");
     let saved = SavedHandlers::capture();
     let mut builder = VmBuilder::new()
         .machine(|m| {
-            m.vcpus(config.vcpus).memory_mib(config.memory_mib as usize).nested_virt(config.nested_virt)
+            m.vcpus(config.vcpus)
+                .memory_mib(config.memory_mib as usize)
+                .nested_virt(config.nested_virt)
         })
-        .kernel(|k| k.krunfw_path(&config.krunfw).init_path(config.init_path).cmdline(&cmdline))
+        .kernel(|k| {
+            k.krunfw_path(&config.krunfw)
+                .init_path(config.init_path)
+                .cmdline(&cmdline)
+        })
         .fs(|fs| fs.tag(ROOT_DEVICE_TAG).custom(Box::new(boot)))
         .fs(|fs| fs.tag(config.root_tag).custom(Box::new(root)))
-        .console(|c| c.output(&config.console_log).port(config.port_name, port_fd, port_fd))
+        .console(|c| {
+            c.output(&config.console_log)
+                .port(config.port_name, port_fd, port_fd)
+        })
         .on_exit(on_exit)
         .on_placement(move |_| saved.restore());
     if let Some(disk) = &config.upper_disk {
@@ -150,7 +211,10 @@ pub fn build(config: &KrunConfig, port_fd: RawFd, on_exit: impl Fn(i32) + Send +
 }
 
 /// The observer msb_krun runs on this thread before it would `_exit`.
-fn exit_observer(ended: Arc<watch::Sender<VmEnd>>, status: Arc<Mutex<mpsc::Receiver<i32>>>) -> impl Fn(i32) + Send + 'static {
+fn exit_observer(
+    ended: Arc<watch::Sender<VmEnd>>,
+    status: Arc<Mutex<mpsc::Receiver<i32>>>,
+) -> impl Fn(i32) + Send + 'static {
     move |code| {
         ended.send_replace(Some(Ok(VmExit::Exited(code))));
         let status = match status.lock() {
@@ -202,7 +266,10 @@ mod tests {
         for sub in ["boot", "root"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        std::fs::File::create(dir.join("upper.ext4")).unwrap().set_len(1 << 20).unwrap();
+        std::fs::File::create(dir.join("upper.ext4"))
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
         KrunConfig {
             vcpus: 2,
             memory_mib: 256,
@@ -212,7 +279,10 @@ mod tests {
             root_tag: "rootfs",
             rootfs: dir.join("root"),
             upper_disk: Some(dir.join("upper.ext4")),
-            cmdline: vec!["cella.root=virtiofs:rootfs".into(), "cella.hostname=t".into()],
+            cmdline: vec![
+                "cella.root=virtiofs:rootfs".into(),
+                "cella.hostname=t".into(),
+            ],
             port_name: "cella.agent",
             console_log: dir.join("console.log"),
             nested_virt: false,
@@ -233,7 +303,9 @@ mod tests {
         let mut config = config(tmp.path());
         config.rootfs = tmp.path().join("missing");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let err = build(&config, a.as_raw_fd(), |_| {}).err().expect("build must fail");
+        let err = build(&config, a.as_raw_fd(), |_| {})
+            .err()
+            .expect("build must fail");
         assert!(matches!(err, KrunError::Share(_)), "{err}");
     }
 
@@ -245,7 +317,11 @@ mod tests {
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         saved.restore();
         let after = SavedHandlers::capture();
-        let handler = |s: &SavedHandlers| s.0.iter().find(|(n, _)| *n == libc::SIGHUP).map(|(_, a)| a.sa_sigaction);
+        let handler = |s: &SavedHandlers| {
+            s.0.iter()
+                .find(|(n, _)| *n == libc::SIGHUP)
+                .map(|(_, a)| a.sa_sigaction)
+        };
         assert_eq!(handler(&saved), handler(&after));
     }
 }
