@@ -47,6 +47,7 @@ impl SandboxOpts {
         let backend: BackendKind = self.backend.parse()?;
         validate_cpus(self.cpus)?;
         let mut builder = cella::Sandbox::builder(name)
+            .cella_bin(sandbox_binary()?)
             .cpus(self.cpus as u8)
             .memory_mib(self.memory)
             .backend(backend);
@@ -73,7 +74,14 @@ impl SandboxOpts {
     }
 }
 
-/// A current-thread tokio runtime for short commands.
+/// The binary that runs sandbox processes: this very executable, so a sandbox is always run by
+/// the same build of cella that launched it, whatever `cella` is on PATH.
+pub fn sandbox_binary() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    std::env::current_exe().context("cannot find the running cella executable")
+}
+
+/// A tokio runtime for short commands.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -14,7 +14,7 @@ pub struct StartArgs {
 /// Runs `cella start`.
 pub fn main(args: StartArgs) -> u8 {
     let started = runtime().block_on(async {
-        let bin = cella::find_cella_bin().ok_or(cella::SandboxError::NoBinary)?;
+        let bin = super::opts::sandbox_binary()?;
         let cella = cella::Cella::open().await?;
         cella.start(&args.name, &bin).await?.ready().await?;
         Ok::<_, anyhow::Error>(())
