@@ -79,9 +79,7 @@ pub struct BootConfig {
 impl Default for BootConfig {
     fn default() -> Self {
         Self {
-            root: RootSpec::NineP {
-                tag: DEFAULT_9P_TAG.to_owned(),
-            },
+            root: RootSpec::NineP { tag: DEFAULT_9P_TAG.to_owned() },
             upper: UpperSpec::Tmpfs,
             hostname: None,
             debug: false,
@@ -192,25 +190,16 @@ fn split_words(cmdline: &str) -> Vec<String> {
 fn parse_root(value: Option<&str>) -> Option<RootSpec> {
     let value = value?;
     if value == "9p" {
-        return Some(RootSpec::NineP {
-            tag: DEFAULT_9P_TAG.to_owned(),
-        });
+        return Some(RootSpec::NineP { tag: DEFAULT_9P_TAG.to_owned() });
     }
     if let Some(tag) = value.strip_prefix("9p:") {
-        return valid_tag(tag).then(|| RootSpec::NineP {
-            tag: tag.to_owned(),
-        });
+        return valid_tag(tag).then(|| RootSpec::NineP { tag: tag.to_owned() });
     }
     if let Some(tag) = value.strip_prefix("virtiofs:") {
-        return valid_tag(tag).then(|| RootSpec::VirtioFs {
-            tag: tag.to_owned(),
-        });
+        return valid_tag(tag).then(|| RootSpec::VirtioFs { tag: tag.to_owned() });
     }
     let device = parse_device(value.strip_prefix("blk:")?)?;
-    Some(RootSpec::Block {
-        device,
-        fstype: DEFAULT_BLOCK_FSTYPE.to_owned(),
-    })
+    Some(RootSpec::Block { device, fstype: DEFAULT_BLOCK_FSTYPE.to_owned() })
 }
 
 /// A share tag: 1 to 31 bytes (9p's limit; virtio-fs allows 36), no `/` or `,`.
@@ -225,9 +214,7 @@ fn parse_fstype(value: Option<&str>) -> Option<String> {
 fn parse_upper(value: Option<&str>) -> Option<UpperSpec> {
     match value? {
         "tmpfs" => Some(UpperSpec::Tmpfs),
-        v => Some(UpperSpec::Block {
-            device: parse_device(v.strip_prefix("blk:")?)?,
-        }),
+        v => Some(UpperSpec::Block { device: parse_device(v.strip_prefix("blk:")?)? }),
     }
 }
 
@@ -262,12 +249,7 @@ mod tests {
     fn defaults_apply_without_cella_parameters() {
         let config = parse("console=ttyS0 quiet panic=-1").unwrap();
         assert_eq!(config, BootConfig::default());
-        assert_eq!(
-            config.root,
-            RootSpec::NineP {
-                tag: "rootfs".into()
-            }
-        );
+        assert_eq!(config.root, RootSpec::NineP { tag: "rootfs".into() });
         assert_eq!(config.upper, UpperSpec::Tmpfs);
     }
 
@@ -275,12 +257,7 @@ mod tests {
     fn ninep_root_with_tag_hostname_and_debug() {
         let config =
             parse("console=ttyS0 cella.root=9p:myroot cella.hostname=box-1 cella.debug\n").unwrap();
-        assert_eq!(
-            config.root,
-            RootSpec::NineP {
-                tag: "myroot".into()
-            }
-        );
+        assert_eq!(config.root, RootSpec::NineP { tag: "myroot".into() });
         assert_eq!(config.hostname.as_deref(), Some("box-1"));
         assert!(config.debug);
     }
@@ -290,30 +267,19 @@ mod tests {
         let config = parse("cella.root=blk:/dev/vda").unwrap();
         assert_eq!(
             config.root,
-            RootSpec::Block {
-                device: "/dev/vda".into(),
-                fstype: "ext4".into()
-            }
+            RootSpec::Block { device: "/dev/vda".into(), fstype: "ext4".into() }
         );
         let config = parse("cella.rootfstype=erofs cella.root=blk:/dev/vda").unwrap();
         assert_eq!(
             config.root,
-            RootSpec::Block {
-                device: "/dev/vda".into(),
-                fstype: "erofs".into()
-            }
+            RootSpec::Block { device: "/dev/vda".into(), fstype: "erofs".into() }
         );
     }
 
     #[test]
     fn virtiofs_root_is_parsed() {
         let config = parse("cella.root=virtiofs:rootfs cella.hostname=my_box.v2").unwrap();
-        assert_eq!(
-            config.root,
-            RootSpec::VirtioFs {
-                tag: "rootfs".into()
-            }
-        );
+        assert_eq!(config.root, RootSpec::VirtioFs { tag: "rootfs".into() });
         assert_eq!(config.hostname.as_deref(), Some("my_box.v2"));
         assert!(parse("cella.root=virtiofs:").is_err());
     }
@@ -321,12 +287,7 @@ mod tests {
     #[test]
     fn block_upper_is_parsed() {
         let config = parse("cella.upper=blk:/dev/vdb").unwrap();
-        assert_eq!(
-            config.upper,
-            UpperSpec::Block {
-                device: "/dev/vdb".into()
-            }
-        );
+        assert_eq!(config.upper, UpperSpec::Block { device: "/dev/vdb".into() });
     }
 
     #[test]

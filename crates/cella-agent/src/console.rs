@@ -34,19 +34,13 @@ pub fn debug_enabled() -> bool {
 
 /// Milliseconds since the guest booted (`CLOCK_BOOTTIME`, which includes suspended time).
 pub fn uptime_ms() -> u64 {
-    clock_gettime(ClockId::CLOCK_BOOTTIME)
-        .map(|t| t.num_milliseconds().max(0) as u64)
-        .unwrap_or(0)
+    clock_gettime(ClockId::CLOCK_BOOTTIME).map(|t| t.num_milliseconds().max(0) as u64).unwrap_or(0)
 }
 
 /// Writes one log line at `level` ("error", "warn", "info", "debug").
 pub fn log_line(level: &str, args: std::fmt::Arguments<'_>) {
     let ms = uptime_ms();
-    let mut line = format!(
-        "[{:>5}.{:03}] cella-agent {level}: {args}",
-        ms / 1000,
-        ms % 1000
-    );
+    let mut line = format!("[{:>5}.{:03}] cella-agent {level}: {args}", ms / 1000, ms % 1000);
     if line.len() > MAX_LINE {
         let mut cut = MAX_LINE;
         while !line.is_char_boundary(cut) {

@@ -67,11 +67,7 @@ fn init() -> Result<cella_agent::ServeOutcome, AgentError> {
         let path = port::wait_for_port(cella_protocol::AGENT_PORT_NAME, port::PORT_WAIT).await?;
         let port = port::open_port(&path)?;
         log_info!("serving on {}", path.display());
-        let opts = ServeOptions {
-            root: PathBuf::from("/"),
-            kill_all: true,
-            ..Default::default()
-        };
+        let opts = ServeOptions { root: PathBuf::from("/"), kill_all: true, ..Default::default() };
         Ok(serve(port, reaper, opts).await?)
     })
 }

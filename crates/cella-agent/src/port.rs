@@ -86,10 +86,7 @@ pub async fn wait_for_port(name: &str, wait: Duration) -> Result<PathBuf, PortEr
 
 /// Opens the port read-write as a non-blocking stream.
 pub fn open_port(path: &Path) -> Result<FdStream, PortError> {
-    let err = |source| PortError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let err = |source| PortError::Open { path: path.to_owned(), source };
     let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
     let fd = open(path, flags, Mode::empty()).map_err(|e| err(e.into()))?;
     // SAFETY: `open` just returned this descriptor; nothing else owns it.
@@ -104,23 +101,15 @@ mod tests {
     #[test]
     fn port_is_found_by_name_not_number() {
         let sys = tempfile::tempdir().unwrap();
-        for (dev, name) in [
-            ("vport0p0", "console"),
-            ("vport0p1", "other"),
-            ("vport1p3", "cella.agent"),
-        ] {
+        for (dev, name) in
+            [("vport0p0", "console"), ("vport0p1", "other"), ("vport1p3", "cella.agent")]
+        {
             std::fs::create_dir(sys.path().join(dev)).unwrap();
             std::fs::write(sys.path().join(dev).join("name"), format!("{name}\n")).unwrap();
         }
         std::fs::create_dir(sys.path().join("vport2p0")).unwrap(); // no name file
-        assert_eq!(
-            find_port_once(sys.path(), "cella.agent").as_deref(),
-            Some("vport1p3")
-        );
+        assert_eq!(find_port_once(sys.path(), "cella.agent").as_deref(), Some("vport1p3"));
         assert_eq!(find_port_once(sys.path(), "missing"), None);
-        assert_eq!(
-            find_port_once(&sys.path().join("nope"), "cella.agent"),
-            None
-        );
+        assert_eq!(find_port_once(&sys.path().join("nope"), "cella.agent"), None);
     }
 }

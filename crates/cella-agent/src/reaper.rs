@@ -62,10 +62,7 @@ pub struct Reaper {
 impl Reaper {
     /// Starts the reaper task on the current tokio runtime.
     pub fn start(scope: ReapScope) -> std::io::Result<Self> {
-        let reaper = Self {
-            scope,
-            table: Arc::new(Mutex::new(HashMap::new())),
-        };
+        let reaper = Self { scope, table: Arc::new(Mutex::new(HashMap::new())) };
         let mut sigchld = signal(SignalKind::child())?;
         let task = reaper.clone();
         tokio::spawn(async move {
@@ -112,9 +109,7 @@ impl Reaper {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A poisoned lock only means another thread panicked while holding it; the table itself
         // is always consistent (single inserts and removes).
-        self.table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -179,14 +174,9 @@ mod tests {
     async fn registered_child_status_reaches_its_waiter() {
         let reaper = Reaper::start(ReapScope::Registered).unwrap();
         let r = reaper.clone();
-        let (_, _, rx) = tokio::task::spawn_blocking(move || r.spawn(|| fork_exit(7)))
-            .await
-            .unwrap()
-            .unwrap();
-        let exit = tokio::time::timeout(Duration::from_secs(10), rx)
-            .await
-            .unwrap()
-            .unwrap();
+        let (_, _, rx) =
+            tokio::task::spawn_blocking(move || r.spawn(|| fork_exit(7))).await.unwrap().unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(10), rx).await.unwrap().unwrap();
         assert_eq!(exit, ProcessExit::Code(7));
         assert_eq!(reaper.pending(), 0);
     }

@@ -99,11 +99,7 @@ impl UserDb {
             Some(spec) => match self.passwd.iter().find(|e| e.name == spec) {
                 Some(entry) => Some(entry.clone()),
                 None => match spec.parse::<u32>() {
-                    Ok(uid) => Some(
-                        self.by_uid(uid)
-                            .cloned()
-                            .unwrap_or_else(|| unknown_uid(uid)),
-                    ),
+                    Ok(uid) => Some(self.by_uid(uid).cloned().unwrap_or_else(|| unknown_uid(uid))),
                     Err(_) => None,
                 },
             },
@@ -131,10 +127,7 @@ impl UserDb {
 
     fn groups_of(&self, entry: &PasswdEntry) -> Vec<u32> {
         let mut groups = vec![entry.gid];
-        let named = self
-            .groups
-            .iter()
-            .filter(|g| g.members.contains(&entry.name));
+        let named = self.groups.iter().filter(|g| g.members.contains(&entry.name));
         for group in named {
             if !groups.contains(&group.gid) {
                 groups.push(group.gid);
@@ -145,21 +138,11 @@ impl UserDb {
 }
 
 fn root_fallback() -> PasswdEntry {
-    PasswdEntry {
-        name: "root".into(),
-        uid: 0,
-        gid: 0,
-        home: ROOT_HOME_FALLBACK.into(),
-    }
+    PasswdEntry { name: "root".into(), uid: 0, gid: 0, home: ROOT_HOME_FALLBACK.into() }
 }
 
 fn unknown_uid(uid: u32) -> PasswdEntry {
-    PasswdEntry {
-        name: String::new(),
-        uid,
-        gid: uid,
-        home: HOME_FOR_UNKNOWN_UID.into(),
-    }
+    PasswdEntry { name: String::new(), uid, gid: uid, home: HOME_FOR_UNKNOWN_UID.into() }
 }
 
 /// Splits a line of a colon-separated database, skipping comments, NIS entries and blanks.
@@ -183,11 +166,7 @@ pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
                 name: f[0].to_owned(),
                 uid: f[2].parse().ok()?,
                 gid: f[3].parse().ok()?,
-                home: if f[5].is_empty() {
-                    HOME_FOR_UNKNOWN_UID.into()
-                } else {
-                    f[5].to_owned()
-                },
+                home: if f[5].is_empty() { HOME_FOR_UNKNOWN_UID.into() } else { f[5].to_owned() },
             })
         })
         .collect()
@@ -204,11 +183,7 @@ pub fn parse_group(text: &str) -> Vec<GroupEntry> {
             Some(GroupEntry {
                 name: f[0].to_owned(),
                 gid: f[2].parse().ok()?,
-                members: f[3]
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+                members: f[3].split(',').filter(|m| !m.is_empty()).map(str::to_owned).collect(),
             })
         })
         .collect()
@@ -275,20 +250,14 @@ docker:x:999:bob,alice,
     #[test]
     fn numeric_uid_resolves_through_passwd_when_listed() {
         let creds = db().resolve(Some("1001")).unwrap();
-        assert_eq!(
-            (creds.uid, creds.gid, creds.home.as_str()),
-            (1001, 100, "/home/bob")
-        );
+        assert_eq!((creds.uid, creds.gid, creds.home.as_str()), (1001, 100, "/home/bob"));
         assert_eq!(creds.groups, vec![100, 29, 999]);
     }
 
     #[test]
     fn unlisted_numeric_uid_runs_with_gid_equal_uid_and_root_home() {
         let creds = db().resolve(Some("4242")).unwrap();
-        assert_eq!(
-            (creds.uid, creds.gid, creds.home.as_str()),
-            (4242, 4242, "/")
-        );
+        assert_eq!((creds.uid, creds.gid, creds.home.as_str()), (4242, 4242, "/"));
         assert_eq!(creds.groups, vec![4242]);
     }
 

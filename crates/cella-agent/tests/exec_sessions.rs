@@ -15,8 +15,7 @@ use support::{alive, is_root, request, tty_request, write_file, Host, SessionLog
 #[tokio::test]
 async fn stdout_and_stderr_stay_separate_and_exit_code_is_reported() {
     let mut host = Host::start().await;
-    host.exec(1, &["sh", "-c", "echo out; echo err >&2; exit 3"])
-        .await;
+    host.exec(1, &["sh", "-c", "echo out; echo err >&2; exit 3"]).await;
     let log = host.run_to_exit(1, true).await;
 
     assert!(log.started.is_some());
@@ -30,10 +29,7 @@ async fn stdout_and_stderr_stay_separate_and_exit_code_is_reported() {
 #[tokio::test]
 async fn hello_announces_version_and_exec_capability() {
     let host = Host::start().await;
-    assert_eq!(
-        host.hello.protocol_version,
-        cella_protocol::PROTOCOL_VERSION
-    );
+    assert_eq!(host.hello.protocol_version, cella_protocol::PROTOCOL_VERSION);
     assert!(host.hello.capabilities.contains(&"exec".to_string()));
     assert!(!host.hello.agent_version.is_empty());
 }
@@ -41,15 +37,12 @@ async fn hello_announces_version_and_exec_capability() {
 #[tokio::test]
 async fn binary_stdin_round_trips_through_cat_beyond_both_windows() {
     let mut host = Host::start().await;
-    let data: Vec<u8> = (0..(3 * INITIAL_WINDOW as usize))
-        .map(|i| (i * 7 % 256) as u8)
-        .collect();
+    let data: Vec<u8> = (0..(3 * INITIAL_WINDOW as usize)).map(|i| (i * 7 % 256) as u8).collect();
     host.exec(1, &["cat"]).await;
 
     let mut log = SessionLog::default();
     host.write_stdin(1, &data, &mut log).await;
-    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new()))
-        .await;
+    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new())).await;
     while log.exited.is_none() {
         let frame = host.next().await;
         if frame.kind != FrameKind::Credit {
@@ -66,14 +59,8 @@ async fn binary_stdin_round_trips_through_cat_beyond_both_windows() {
 async fn stdin_close_delivers_eof() {
     let mut host = Host::start().await;
     host.exec(1, &["sh", "-c", "wc -c"]).await;
-    host.send(Frame::new(
-        FrameKind::Stdin,
-        1,
-        Bytes::from_static(b"12345"),
-    ))
-    .await;
-    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new()))
-        .await;
+    host.send(Frame::new(FrameKind::Stdin, 1, Bytes::from_static(b"12345"))).await;
+    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new())).await;
     let log = host.run_to_exit(1, true).await;
     assert_eq!(String::from_utf8_lossy(&log.stdout).trim(), "5");
     assert_eq!(log.exited, Some(Exited::Code { code: 0 }));
@@ -83,8 +70,7 @@ async fn stdin_close_delivers_eof() {
 async fn output_pauses_without_credit_and_resumes_with_it() {
     let mut host = Host::start().await;
     let total = 4 * INITIAL_WINDOW as usize;
-    host.exec(1, &["head", "-c", &total.to_string(), "/dev/zero"])
-        .await;
+    host.exec(1, &["head", "-c", &total.to_string(), "/dev/zero"]).await;
 
     // Without credit the agent sends exactly one window, then nothing.
     let mut log = SessionLog::default();
@@ -93,17 +79,11 @@ async fn output_pauses_without_credit_and_resumes_with_it() {
         host.record(&mut log, &frame, false).await;
     }
     assert_eq!(log.stdout.len(), INITIAL_WINDOW as usize);
-    assert!(
-        host.next_within(Duration::from_millis(500)).await.is_none(),
-        "sent past the credit"
-    );
+    assert!(host.next_within(Duration::from_millis(500)).await.is_none(), "sent past the credit");
     assert!(log.exited.is_none());
 
     // Granting the credit lets the rest through.
-    let credit = Credit {
-        stream: StreamId::Stdout,
-        bytes: INITIAL_WINDOW,
-    };
+    let credit = Credit { stream: StreamId::Stdout, bytes: INITIAL_WINDOW };
     host.send_msg(1, &credit).await;
     while log.exited.is_none() {
         let frame = host.next().await;
@@ -120,20 +100,9 @@ async fn signal_reaches_the_process_group() {
     host.exec(1, &["sh", "-c", "sleep 30 & wait"]).await;
     let started = host.next().await;
     assert_eq!(started.kind, FrameKind::ExecStarted);
-    host.send_msg(
-        1,
-        &SignalRequest {
-            signal: libc::SIGTERM,
-        },
-    )
-    .await;
+    host.send_msg(1, &SignalRequest { signal: libc::SIGTERM }).await;
     let log = host.run_to_exit(1, true).await;
-    assert_eq!(
-        log.exited,
-        Some(Exited::Signal {
-            signal: libc::SIGTERM
-        })
-    );
+    assert_eq!(log.exited, Some(Exited::Signal { signal: libc::SIGTERM }));
 }
 
 #[tokio::test]
@@ -144,11 +113,7 @@ async fn background_grandchild_holding_the_pipe_does_not_hang_the_session() {
     let log = host.run_to_exit(1, true).await;
     assert_eq!(log.stdout, b"done\n");
     assert_eq!(log.exited, Some(Exited::Code { code: 0 }));
-    assert!(
-        begin.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        begin.elapsed()
-    );
+    assert!(begin.elapsed() < Duration::from_secs(5), "took {:?}", begin.elapsed());
 }
 
 #[tokio::test]
@@ -167,37 +132,22 @@ async fn chatty_background_grandchild_cannot_keep_the_session_open() {
 async fn environment_starts_clean_with_home_from_passwd() {
     std::env::set_var("CELLA_TEST_LEAK", "leaked");
     let mut host = Host::start().await;
-    let mut req = request(&[
-        "sh",
-        "-c",
-        "echo \"$FOO|$HOME|$CELLA_TEST_LEAK|$PATH\"; pwd",
-    ]);
+    let mut req = request(&["sh", "-c", "echo \"$FOO|$HOME|$CELLA_TEST_LEAK|$PATH\"; pwd"]);
     req.env = vec![("FOO".into(), "a".into()), ("FOO".into(), "b".into())];
     req.cwd = Some("/tmp".into());
     host.send_msg(1, &req).await;
     let log = host.run_to_exit(1, true).await;
     let out = String::from_utf8_lossy(&log.stdout);
-    assert_eq!(
-        out,
-        format!("b|/fakeroot||{}\n/tmp\n", cella_agent::exec::DEFAULT_PATH)
-    );
+    assert_eq!(out, format!("b|/fakeroot||{}\n/tmp\n", cella_agent::exec::DEFAULT_PATH));
 }
 
 #[tokio::test]
 async fn path_lookup_uses_the_requests_path() {
     let mut host = Host::start().await;
     let bin = tempfile::tempdir().unwrap();
-    write_file(
-        bin.path(),
-        "hello-cella",
-        "#!/bin/sh\necho from-custom-path\n",
-        0o755,
-    );
+    write_file(bin.path(), "hello-cella", "#!/bin/sh\necho from-custom-path\n", 0o755);
     let mut req = request(&["hello-cella"]);
-    req.env = vec![(
-        "PATH".into(),
-        format!("{}:/usr/bin:/bin", bin.path().display()),
-    )];
+    req.env = vec![("PATH".into(), format!("{}:/usr/bin:/bin", bin.path().display()))];
     host.send_msg(1, &req).await;
     let log = host.run_to_exit(1, true).await;
     assert_eq!(log.stdout, b"from-custom-path\n");
@@ -213,31 +163,16 @@ async fn spawn_failures_are_classified() {
     let missing = dir.path().join("missing");
 
     let cases: Vec<(ExecStart, SpawnFailure)> = vec![
-        (
-            request(&["definitely-not-a-command-cella"]),
-            SpawnFailure::NotFound,
-        ),
-        (
-            request(&[missing.to_str().unwrap()]),
-            SpawnFailure::NotFound,
-        ),
+        (request(&["definitely-not-a-command-cella"]), SpawnFailure::NotFound),
+        (request(&[missing.to_str().unwrap()]), SpawnFailure::NotFound),
         (request(&[plain]), SpawnFailure::NotExecutable),
+        (request(&[no_magic.to_str().unwrap()]), SpawnFailure::NotExecutable),
         (
-            request(&[no_magic.to_str().unwrap()]),
-            SpawnFailure::NotExecutable,
-        ),
-        (
-            ExecStart {
-                cwd: Some("/nonexistent-cella-dir".into()),
-                ..request(&["true"])
-            },
+            ExecStart { cwd: Some("/nonexistent-cella-dir".into()), ..request(&["true"]) },
             SpawnFailure::Other,
         ),
         (
-            ExecStart {
-                user: Some("no-such-user".into()),
-                ..request(&["true"])
-            },
+            ExecStart { user: Some("no-such-user".into()), ..request(&["true"]) },
             SpawnFailure::Other,
         ),
         (request(&[]), SpawnFailure::Other),
@@ -247,20 +182,13 @@ async fn spawn_failures_are_classified() {
         host.send_msg(stream, &req).await;
         let log = host.run_to_exit(stream, true).await;
         match log.exited {
-            Some(Exited::SpawnFailed {
-                reason,
-                ref message,
-            }) => {
+            Some(Exited::SpawnFailed { reason, ref message }) => {
                 assert_eq!(reason, want, "{req:?}: {message}");
                 assert!(!message.is_empty());
             }
             other => panic!("{req:?}: expected a spawn failure, got {other:?}"),
         }
-        assert_eq!(
-            log.kinds,
-            vec![FrameKind::Exited],
-            "no ExecStarted for a failed spawn"
-        );
+        assert_eq!(log.kinds, vec![FrameKind::Exited], "no ExecStarted for a failed spawn");
     }
 }
 
@@ -282,20 +210,13 @@ async fn duplicate_stream_id_is_refused() {
 #[tokio::test]
 async fn tty_session_has_a_controlling_terminal_of_the_requested_size() {
     let mut host = Host::start().await;
-    let req = tty_request(
-        &["sh", "-c", "test -t 0 && test -t 1 && stty size && tty"],
-        33,
-        101,
-    );
+    let req = tty_request(&["sh", "-c", "test -t 0 && test -t 1 && stty size && tty"], 33, 101);
     host.send_msg(1, &req).await;
     let log = host.run_to_exit(1, true).await;
     let out = String::from_utf8_lossy(&log.stdout);
     assert!(out.contains("33 101"), "{out:?}");
     assert!(out.contains("/dev/pts/"), "{out:?}");
-    assert!(
-        log.stderr.is_empty(),
-        "a tty session sends everything as stdout"
-    );
+    assert!(log.stderr.is_empty(), "a tty session sends everything as stdout");
     assert_eq!(log.exited, Some(Exited::Code { code: 0 }));
 }
 
@@ -304,16 +225,13 @@ async fn tty_resize_and_ctrl_d_on_stdin_close() {
     let mut host = Host::start().await;
     // Reads one line, prints the size it sees afterwards, then cat ends on Ctrl-D.
     let script = "read line; stty size; cat; echo end";
-    host.send_msg(1, &tty_request(&["sh", "-c", script], 10, 20))
-        .await;
+    host.send_msg(1, &tty_request(&["sh", "-c", script], 10, 20)).await;
     assert_eq!(host.next().await.kind, FrameKind::ExecStarted);
     host.send_msg(1, &WindowSize { rows: 50, cols: 60 }).await;
     // Resizes and stdin travel through different queues; let the resize land first.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    host.send(Frame::new(FrameKind::Stdin, 1, Bytes::from_static(b"go\n")))
-        .await;
-    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new()))
-        .await;
+    host.send(Frame::new(FrameKind::Stdin, 1, Bytes::from_static(b"go\n"))).await;
+    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new())).await;
     let mut log = SessionLog::default();
     while log.exited.is_none() {
         let frame = host.next().await;
@@ -340,15 +258,9 @@ async fn runs_as_the_requested_user() {
     };
     host.send_msg(1, &req).await;
     let log = host.run_to_exit(1, true).await;
-    assert_eq!(
-        String::from_utf8_lossy(&log.stdout),
-        "4321\n4322\n4322 777\n/home/alice\n"
-    );
+    assert_eq!(String::from_utf8_lossy(&log.stdout), "4321\n4322\n4322 777\n/home/alice\n");
 
-    let req = ExecStart {
-        user: Some("5555".into()),
-        ..request(&["sh", "-c", "id -u; id -g"])
-    };
+    let req = ExecStart { user: Some("5555".into()), ..request(&["sh", "-c", "id -u; id -g"]) };
     host.send_msg(2, &req).await;
     let log = host.run_to_exit(2, true).await;
     assert_eq!(String::from_utf8_lossy(&log.stdout), "5555\n5555\n");
@@ -358,11 +270,7 @@ async fn runs_as_the_requested_user() {
 async fn many_concurrent_sessions_each_get_their_own_output() {
     let mut host = Host::start().await;
     for stream in 1..=8u64 {
-        host.exec(
-            stream,
-            &["sh", "-c", &format!("echo session-{stream}; exit {stream}")],
-        )
-        .await;
+        host.exec(stream, &["sh", "-c", &format!("echo session-{stream}; exit {stream}")]).await;
     }
     let mut logs: std::collections::HashMap<u64, SessionLog> = Default::default();
     while logs.values().filter(|l| l.exited.is_some()).count() < 8 {
@@ -375,12 +283,7 @@ async fn many_concurrent_sessions_each_get_their_own_output() {
     for stream in 1..=8u64 {
         let log = &logs[&stream];
         assert_eq!(log.stdout, format!("session-{stream}\n").as_bytes());
-        assert_eq!(
-            log.exited,
-            Some(Exited::Code {
-                code: stream as i32
-            })
-        );
+        assert_eq!(log.exited, Some(Exited::Code { code: stream as i32 }));
     }
 }
 
@@ -398,10 +301,8 @@ async fn late_stdin_after_exit_is_dropped_silently() {
     let mut host = Host::start().await;
     host.exec(1, &["true"]).await;
     host.run_to_exit(1, true).await;
-    host.send(Frame::new(FrameKind::Stdin, 1, Bytes::from_static(b"late")))
-        .await;
-    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new()))
-        .await;
+    host.send(Frame::new(FrameKind::Stdin, 1, Bytes::from_static(b"late"))).await;
+    host.send(Frame::new(FrameKind::StdinClose, 1, Bytes::new())).await;
     assert!(host.next_within(Duration::from_millis(300)).await.is_none());
 }
 
@@ -411,55 +312,34 @@ async fn shutdown_terminates_sessions_then_says_goodbye() {
     host.exec(1, &["sleep", "30"]).await;
     let started = host.next().await;
     assert_eq!(started.kind, FrameKind::ExecStarted);
-    let pid = cella_protocol::ExecStarted::from_frame(&started)
-        .unwrap()
-        .pid;
+    let pid = cella_protocol::ExecStarted::from_frame(&started).unwrap().pid;
 
-    host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 5000 })
-        .await;
+    host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 5000 }).await;
     let log = host.run_to_exit(1, true).await;
-    assert_eq!(
-        log.exited,
-        Some(Exited::Signal {
-            signal: libc::SIGTERM
-        })
-    );
+    assert_eq!(log.exited, Some(Exited::Signal { signal: libc::SIGTERM }));
 
     let goodbye = host.next().await;
     assert_eq!(goodbye.kind, FrameKind::Goodbye);
     let goodbye = cella_protocol::Goodbye::from_frame(&goodbye).unwrap();
     assert_eq!(goodbye.killed_sessions, 1);
-    host.send(Frame::new(FrameKind::GoodbyeAck, 0, Bytes::new()))
-        .await;
-    let outcome = tokio::time::timeout(Duration::from_secs(10), host.server)
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome.unwrap().unwrap(),
-        cella_agent::ServeOutcome::Shutdown
-    );
+    host.send(Frame::new(FrameKind::GoodbyeAck, 0, Bytes::new())).await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), host.server).await.unwrap();
+    assert_eq!(outcome.unwrap().unwrap(), cella_agent::ServeOutcome::Shutdown);
     assert!(!alive(pid));
 }
 
 #[tokio::test]
 async fn shutdown_escalates_to_sigkill_after_the_grace() {
     let mut host = Host::start().await;
-    host.exec(1, &["sh", "-c", "trap '' TERM; echo ready; sleep 30"])
-        .await;
+    host.exec(1, &["sh", "-c", "trap '' TERM; echo ready; sleep 30"]).await;
     let mut log = SessionLog::default();
     while log.stdout.is_empty() {
         let frame = host.next().await;
         host.record(&mut log, &frame, true).await;
     }
-    host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 300 })
-        .await;
+    host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 300 }).await;
     let log = host.run_to_exit(1, true).await;
-    assert_eq!(
-        log.exited,
-        Some(Exited::Signal {
-            signal: libc::SIGKILL
-        })
-    );
+    assert_eq!(log.exited, Some(Exited::Signal { signal: libc::SIGKILL }));
     assert_eq!(host.next().await.kind, FrameKind::Goodbye);
 }
 
@@ -468,18 +348,11 @@ async fn host_disconnect_kills_sessions_and_ends_serving() {
     let mut host = Host::start().await;
     host.exec(1, &["sleep", "30"]).await;
     let started = host.next().await;
-    let pid = cella_protocol::ExecStarted::from_frame(&started)
-        .unwrap()
-        .pid;
+    let pid = cella_protocol::ExecStarted::from_frame(&started).unwrap().pid;
     let server = host.server;
     drop(host.conn);
-    let outcome = tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .unwrap();
-    assert_eq!(
-        outcome.unwrap().unwrap(),
-        cella_agent::ServeOutcome::HostGone
-    );
+    let outcome = tokio::time::timeout(Duration::from_secs(10), server).await.unwrap();
+    assert_eq!(outcome.unwrap().unwrap(), cella_agent::ServeOutcome::HostGone);
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -492,8 +365,7 @@ async fn exec_is_refused_while_shutting_down() {
     let mut host = Host::start().await;
     host.exec(1, &["sh", "-c", "trap '' TERM; sleep 3"]).await;
     assert_eq!(host.next().await.kind, FrameKind::ExecStarted);
-    host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 2000 })
-        .await;
+    host.send_msg(0, &cella_protocol::Shutdown { grace_ms: 2000 }).await;
     host.exec(2, &["true"]).await;
     let mut log = SessionLog::default();
     while log.errors.is_empty() {

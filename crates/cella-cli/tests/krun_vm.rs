@@ -48,9 +48,7 @@ fn ok(home: &TestHome, args: &[&str]) -> String {
 fn ls_entry(home: &TestHome, name: &str) -> serde_json::Value {
     let all: Vec<serde_json::Value> =
         serde_json::from_str(&ok(home, &["ls", "--all", "--json"])).unwrap();
-    all.into_iter()
-        .find(|e| e["name"] == name)
-        .unwrap_or_else(|| panic!("no sandbox {name}"))
+    all.into_iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no sandbox {name}"))
 }
 
 fn wait_status(home: &TestHome, name: &str, want: &str) -> serde_json::Value {
@@ -60,10 +58,7 @@ fn wait_status(home: &TestHome, name: &str, want: &str) -> serde_json::Value {
         if entry["status"] == want {
             return entry;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never became {want}: {entry}"
-        );
+        assert!(Instant::now() < deadline, "{name} never became {want}: {entry}");
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -87,11 +82,7 @@ fn vm_krun_run_separates_stdout_and_stderr_and_returns_the_exit_code() {
         return;
     }
     let home = TestHome::new();
-    let out = run(
-        &home,
-        &["--", "sh", "-c", "echo out; echo err >&2; exit 7"],
-        b"",
-    );
+    let out = run(&home, &["--", "sh", "-c", "echo out; echo err >&2; exit 7"], b"");
     assert_eq!(out.code(), 7, "{}", out.stderr_text());
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
@@ -152,23 +143,12 @@ fn vm_krun_run_output_is_byte_exact() {
         return;
     }
     let home = TestHome::new();
-    let input: Vec<u8> = (0..3 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-        .collect();
+    let input: Vec<u8> =
+        (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let out = run(&home, &["--", "sh", "-c", "tee /dev/stderr"], &input);
     assert_eq!(out.code(), 0);
-    assert!(
-        out.stdout == input,
-        "stdout differs: {} bytes vs {}",
-        out.stdout.len(),
-        input.len()
-    );
-    assert!(
-        out.stderr == input,
-        "stderr differs: {} bytes vs {}",
-        out.stderr.len(),
-        input.len()
-    );
+    assert!(out.stdout == input, "stdout differs: {} bytes vs {}", out.stdout.len(), input.len());
+    assert!(out.stderr == input, "stderr differs: {} bytes vs {}", out.stderr.len(), input.len());
 }
 
 #[test]
@@ -180,10 +160,7 @@ fn vm_krun_run_reports_missing_unexecutable_and_signalled_commands() {
     let home = TestHome::new();
     assert_eq!(run(&home, &["--", "no-such-command"], b"").code(), 127);
     assert_eq!(run(&home, &["--", "/etc/passwd"], b"").code(), 126);
-    assert_eq!(
-        run(&home, &["--", "sh", "-c", "kill -9 $$"], b"").code(),
-        137
-    );
+    assert_eq!(run(&home, &["--", "sh", "-c", "kill -9 $$"], b"").code(), 137);
     home.assert_nothing_left();
 }
 
@@ -214,44 +191,20 @@ fn vm_krun_root_and_boot_directory_stay_unmodified_even_when_the_guest_remounts_
         (touch /mnt/b/evil && echo WROTE-BOOT) || echo refused; \
         test -e /mnt/b/init.krun && echo INJECTED-INIT-VISIBLE; true";
     let rootfs = root.path().to_str().unwrap();
-    let out = run(
-        &home,
-        &[
-            "--name", "ro", "--keep", "--rootfs", rootfs, "--", "sh", "-c", script,
-        ],
-        b"",
-    );
+    let out =
+        run(&home, &["--name", "ro", "--keep", "--rootfs", rootfs, "--", "sh", "-c", script], b"");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.code(), 0, "{stdout} {}", out.stderr_text());
-    assert!(
-        stdout.starts_with("changed\n"),
-        "guest writes must land in its own layer: {stdout}"
-    );
-    assert!(
-        !stdout.contains("WROTE-") && !stdout.contains("INJECTED-INIT"),
-        "{stdout}"
-    );
-    assert!(
-        before == tree_snapshot(root.path()),
-        "host root was modified"
-    );
+    assert!(stdout.starts_with("changed\n"), "guest writes must land in its own layer: {stdout}");
+    assert!(!stdout.contains("WROTE-") && !stdout.contains("INJECTED-INIT"), "{stdout}");
+    assert!(before == tree_snapshot(root.path()), "host root was modified");
     let boot = home.path().join("sandboxes/ro/runtime/boot");
-    let mut names: Vec<_> = std::fs::read_dir(&boot)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(&boot).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(
         names,
-        [
-            "cella-agent",
-            "dev",
-            "lower",
-            "newroot",
-            "proc",
-            "sys",
-            "upper"
-        ],
+        ["cella-agent", "dev", "lower", "newroot", "proc", "sys", "upper"],
         "{boot:?}"
     );
     ok(&home, &["rm", "ro"]);
@@ -272,10 +225,7 @@ fn vm_krun_boot_timeout_kills_a_guest_that_never_answers() {
     assert_eq!(out.code(), 125, "{}", out.stderr_text());
     let stderr = out.stderr_text();
     assert!(stderr.contains("did not answer within 5s"), "{stderr}");
-    assert!(
-        stderr.contains("silent-init: up"),
-        "console tail missing: {stderr}"
-    );
+    assert!(stderr.contains("silent-init: up"), "console tail missing: {stderr}");
     assert!(started.elapsed() < Duration::from_secs(60));
     home.assert_nothing_left();
 }
@@ -347,11 +297,8 @@ fn vm_krun_run_sigint_to_the_process_group_ends_the_command_with_130() {
         return;
     }
     let home = TestHome::new();
-    let (mut child, _reader) = spawn_run_until(
-        &home,
-        &["--", "sh", "-c", "echo ready; exec sleep 1000"],
-        "ready",
-    );
+    let (mut child, _reader) =
+        spawn_run_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
     // SAFETY: plain kill(2) on the process group the test created for `cella run`.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
     assert_eq!(wait_or_kill(&mut child, COMMAND_TIMEOUT).code(), Some(130));
@@ -388,18 +335,8 @@ fn vm_krun_guest_poweroff_without_goodbye_is_a_crash() {
     ok(&home, &["start", "panicky"]);
     // A kernel panic: msb_krun reports exit code 0 for it, as for a clean poweroff; only the
     // missing goodbye frame tells them apart.
-    let _ = cella(
-        &home,
-        &[
-            "exec",
-            "panicky",
-            "--",
-            "sh",
-            "-c",
-            "echo c > /proc/sysrq-trigger",
-        ],
-        b"",
-    );
+    let _ =
+        cella(&home, &["exec", "panicky", "--", "sh", "-c", "echo c > /proc/sysrq-trigger"], b"");
     let crashed = wait_status(&home, "panicky", "Crashed");
     assert_eq!(crashed["last_termination_reason"], "Failed", "{crashed}");
     ok(&home, &["rm", "-f", "panicky"]);
@@ -416,23 +353,13 @@ fn vm_krun_persistent_sandbox_keeps_files_on_its_upper_disk() {
     ok(&home, &["start", "keeper"]);
     let echoed = ok(
         &home,
-        &[
-            "exec",
-            "keeper",
-            "--",
-            "sh",
-            "-c",
-            "echo $GREETING > /root/note; cat /root/note",
-        ],
+        &["exec", "keeper", "--", "sh", "-c", "echo $GREETING > /root/note; cat /root/note"],
     );
     assert_eq!(echoed, "hi\n");
     ok(&home, &["stop", "keeper"]);
     assert_eq!(ls_entry(&home, "keeper")["status"], "Stopped");
     ok(&home, &["start", "keeper"]);
-    assert_eq!(
-        ok(&home, &["exec", "keeper", "--", "cat", "/root/note"]),
-        "hi\n"
-    );
+    assert_eq!(ok(&home, &["exec", "keeper", "--", "cat", "/root/note"]), "hi\n");
     ok(&home, &["rm", "-f", "keeper"]);
     home.assert_nothing_left();
 }
@@ -444,14 +371,7 @@ fn vm_krun_sandbox_process_killed_with_sigkill_takes_its_guest_with_it() {
         return;
     }
     let home = TestHome::new();
-    let args = [
-        "--name",
-        "victim",
-        "--",
-        "sh",
-        "-c",
-        "echo ready; exec sleep 1000",
-    ];
+    let args = ["--name", "victim", "--", "sh", "-c", "echo ready; exec sleep 1000"];
     let (mut child, _reader) = spawn_run_until(&home, &args, "ready");
     let pid = ls_entry(&home, "victim")["pid"].as_i64().unwrap();
     // The VM runs inside this process: there is no emulator to leave behind.
@@ -468,10 +388,7 @@ fn vm_krun_sandbox_process_killed_with_sigkill_takes_its_guest_with_it() {
         if state == Some('Z') {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "sandbox process {pid} survived SIGKILL: {stat}"
-        );
+        assert!(Instant::now() < deadline, "sandbox process {pid} survived SIGKILL: {stat}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -484,23 +401,11 @@ fn vm_krun_is_what_auto_picks_when_kvm_works() {
     }
     let home = TestHome::new();
     let mut cmd = home.command(BIN);
-    cmd.args([
-        "run",
-        "--backend",
-        "auto",
-        "--name",
-        "auto",
-        "--keep",
-        "--",
-        "true",
-    ]);
+    cmd.args(["run", "--backend", "auto", "--name", "auto", "--keep", "--", "true"]);
     let out = run_with_timeout(cmd, b"", COMMAND_TIMEOUT);
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     let log = std::fs::read_to_string(home.path().join("sandboxes/auto/logs/runtime.log")).unwrap();
-    let line = log
-        .lines()
-        .find(|l| l.contains("guest is up"))
-        .unwrap_or_else(|| panic!("{log}"));
+    let line = log.lines().find(|l| l.contains("guest is up")).unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains("krun") && line.contains("kvm"), "{line}");
     ok(&home, &["rm", "auto"]);
 }
@@ -512,27 +417,14 @@ fn vm_krun_run_python_in_a_real_debian_root() {
         return;
     }
     let Some(debian) = cella_testkit::debian_rootfs() else {
-        assert!(
-            !cella_testkit::kvm_required(),
-            "Debian root missing: run scripts/debian-rootfs"
-        );
+        assert!(!cella_testkit::kvm_required(), "Debian root missing: run scripts/debian-rootfs");
         eprintln!("SKIPPED vm_krun_run_python_in_a_real_debian_root: run scripts/debian-rootfs");
         return;
     };
     let home = TestHome::new();
     let program = "import sys\nsys.stdout.write(str(6 * 7))\nsys.exit(3)\n";
-    let out = run(
-        &home,
-        &[
-            "--rootfs",
-            debian.to_str().unwrap(),
-            "--",
-            "python3",
-            "-c",
-            program,
-        ],
-        b"",
-    );
+    let out =
+        run(&home, &["--rootfs", debian.to_str().unwrap(), "--", "python3", "-c", program], b"");
     assert_eq!(out.code(), 3, "{}", out.stderr_text());
     assert_eq!(out.stdout, b"42");
 }

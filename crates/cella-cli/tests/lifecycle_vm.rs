@@ -57,7 +57,13 @@ fn vm_sandbox_keeps_files_across_stop_and_start_then_is_removed() {
 
     ok(&home, &["start", "keeper"]);
     assert_eq!(status(&home, "keeper"), "Running");
-    assert_eq!(ok(&home, &["exec", "keeper", "--", "sh", "-c", "echo $GREETING > /root/note; cat /root/note"]), "hi\n");
+    assert_eq!(
+        ok(
+            &home,
+            &["exec", "keeper", "--", "sh", "-c", "echo $GREETING > /root/note; cat /root/note"]
+        ),
+        "hi\n"
+    );
     let out = cella(&home, &["start", "keeper"]);
     assert_eq!(out.code(), 125);
     assert!(out.stderr_text().contains("already Running"), "{}", out.stderr_text());
@@ -72,7 +78,8 @@ fn vm_sandbox_keeps_files_across_stop_and_start_then_is_removed() {
 
     ok(&home, &["start", "keeper"]);
     assert_eq!(ok(&home, &["exec", "keeper", "--", "cat", "/root/note"]), "hi\n");
-    let inspect: serde_json::Value = serde_json::from_str(&ok(&home, &["inspect", "keeper", "--json"])).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&home, &["inspect", "keeper", "--json"])).unwrap();
     assert_eq!(inspect["runs"].as_array().unwrap().len(), 2);
 
     let out = cella(&home, &["rm", "keeper"]);
@@ -89,7 +96,10 @@ fn vm_run_keep_leaves_a_stopped_sandbox_that_starts_again_with_its_files() {
         return;
     }
     let home = TestHome::new();
-    let out = cella(&home, &["run", "--name", "kept", "--keep", "--", "sh", "-c", "echo v1 > /root/state"]);
+    let out = cella(
+        &home,
+        &["run", "--name", "kept", "--keep", "--", "sh", "-c", "echo v1 > /root/state"],
+    );
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     let kept = wait_status(&home, "kept", "Stopped", Duration::from_secs(30));
     assert_eq!(kept["ephemeral"], false);
@@ -122,7 +132,10 @@ fn vm_max_duration_stops_a_busy_sandbox_with_max_duration_exceeded() {
     }
     let home = TestHome::new();
     // The command keeps a session open, so only the maximum duration can end the run.
-    let out = cella(&home, &["run", "--name", "capped", "--keep", "--max-duration", "4", "--", "sleep", "600"]);
+    let out = cella(
+        &home,
+        &["run", "--name", "capped", "--keep", "--max-duration", "4", "--", "sleep", "600"],
+    );
     assert_ne!(out.code(), 0);
     let stopped = wait_status(&home, "capped", "Stopped", Duration::from_secs(60));
     assert_eq!(stopped["last_termination_reason"], "MaxDurationExceeded");
@@ -159,7 +172,9 @@ fn vm_killed_ephemeral_sandbox_is_gone_after_the_next_start() {
     // `cella run` keeps the ephemeral sandbox alive while its command sleeps.
     let mut cmd = home.command(BIN);
     cmd.args(["run", "--name", "doomed", "--", "sleep", "600"]);
-    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     let mut runner = cmd.spawn().unwrap();
     let running = wait_status(&home, "doomed", "Running", COMMAND_TIMEOUT);
     let pid = running["pid"].as_i64().unwrap();
@@ -192,4 +207,26 @@ fn expire_last_sweep(home: &TestHome) {
             .await
             .unwrap();
     });
+}
+
+#[test]
+fn vm_frozen_guest_ends_with_agent_unresponsive() {
+    if !require_vm("vm_frozen_guest_ends_with_agent_unresponsive") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "frozen"]);
+    ok(&home, &["start", "frozen"]);
+    let sandbox_pid = entry(&home, "frozen").unwrap()["pid"].as_i64().unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{sandbox_pid}/task/{sandbox_pid}/children"))
+            .unwrap_or_default();
+    let vmm: Vec<i32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(vmm.len(), 1, "expected one VMM child of the sandbox process: {vmm:?}");
+    // Freeze the whole VM: the agent's heartbeats stop, as they would in a hung guest.
+    // SAFETY: plain kill(2) on the emulator this test's sandbox started.
+    unsafe { libc::kill(vmm[0], libc::SIGSTOP) };
+    let crashed = wait_status(&home, "frozen", "Crashed", Duration::from_secs(150));
+    assert_eq!(crashed["last_termination_reason"], "AgentUnresponsive");
+    ok(&home, &["rm", "frozen"]);
 }

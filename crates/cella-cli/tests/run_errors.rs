@@ -24,32 +24,52 @@ fn assert_fails_with(home: &TestHome, args: &[&str], needle: &str) {
 #[test]
 fn missing_rootfs_is_a_clear_error() {
     let home = TestHome::new();
-    assert_fails_with(&home, &["run", "--rootfs", "/nonexistent/root", "--", "true"], "/nonexistent/root does not exist");
+    assert_fails_with(
+        &home,
+        &["run", "--rootfs", "/nonexistent/root", "--", "true"],
+        "/nonexistent/root does not exist",
+    );
 }
 
 #[test]
 fn rootfs_that_is_a_file_is_a_clear_error() {
     let home = TestHome::new();
-    assert_fails_with(&home, &["run", "--rootfs", "/etc/hostname", "--", "true"], "is not a directory");
+    assert_fails_with(
+        &home,
+        &["run", "--rootfs", "/etc/hostname", "--", "true"],
+        "is not a directory",
+    );
 }
 
 #[test]
 fn memory_out_of_range_is_a_clear_error() {
     let home = TestHome::new();
-    assert_fails_with(&home, &["run", "--memory", "16", "--", "true"], "memory 16 MiB is out of range");
+    assert_fails_with(
+        &home,
+        &["run", "--memory", "16", "--", "true"],
+        "memory 16 MiB is out of range",
+    );
 }
 
 #[test]
 fn cpus_out_of_range_is_a_clear_error() {
     let home = TestHome::new();
     assert_fails_with(&home, &["run", "--cpus", "0", "--", "true"], "cpu count 0 is out of range");
-    assert_fails_with(&home, &["run", "--cpus", "500", "--", "true"], "cpu count 500 is out of range");
+    assert_fails_with(
+        &home,
+        &["run", "--cpus", "500", "--", "true"],
+        "cpu count 500 is out of range",
+    );
 }
 
 #[test]
 fn malformed_env_is_a_clear_error() {
     let home = TestHome::new();
-    assert_fails_with(&home, &["run", "--env", "NOEQUALS", "--", "true"], "invalid environment entry");
+    assert_fails_with(
+        &home,
+        &["run", "--env", "NOEQUALS", "--", "true"],
+        "invalid environment entry",
+    );
 }
 
 #[test]
@@ -63,7 +83,10 @@ fn missing_kernel_names_the_setup_command() {
     let empty = tempfile::tempdir().unwrap();
     let root = tempfile::tempdir().unwrap();
     let mut cmd = std::process::Command::new(BIN);
-    cmd.env("CELLA_HOME", empty.path()).args(["run", "--rootfs"]).arg(root.path()).args(["--", "true"]);
+    cmd.env("CELLA_HOME", empty.path())
+        .args(["run", "--rootfs"])
+        .arg(root.path())
+        .args(["--", "true"]);
     let out = run_with_timeout(cmd, b"", Duration::from_secs(30));
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr_text().contains("guest kernel is not installed"), "{}", out.stderr_text());

@@ -11,7 +11,9 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use cella_testkit::tree_snapshot as snapshot;
-use cella_testkit::{processes_matching, require_vm, run_with_timeout, wait_or_kill, TestHome, COMMAND_TIMEOUT};
+use cella_testkit::{
+    processes_matching, require_vm, run_with_timeout, wait_or_kill, TestHome, COMMAND_TIMEOUT,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cella");
 
@@ -57,7 +59,20 @@ fn vm_run_applies_cpus_memory_env_and_workdir() {
     }
     let home = TestHome::new();
     let script = "echo $A; pwd; nproc; awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo";
-    let args = ["--cpus", "2", "--memory", "512", "--env", "A=1", "--workdir", "/tmp", "--", "sh", "-c", script];
+    let args = [
+        "--cpus",
+        "2",
+        "--memory",
+        "512",
+        "--env",
+        "A=1",
+        "--workdir",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ];
     let out = cella_run(&home, &args, b"");
     assert_eq!(out.code(), 0, "{}", out.stderr_text());
     let text = String::from_utf8(out.stdout).unwrap();
@@ -74,9 +89,15 @@ fn vm_run_output_is_byte_exact() {
     }
     let home = TestHome::new();
     // Three megabytes of every byte value through stdin and back out of stdout and stderr.
-    let input: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let input: Vec<u8> =
+        (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     let out = cella_run(&home, &["--", "sh", "-c", "tee /dev/stderr"], &input);
-    assert_eq!(out.code(), 0, "{}", String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)]));
+    assert_eq!(
+        out.code(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out.stderr[..out.stderr.len().min(500)])
+    );
     assert!(out.stdout == input, "stdout differs: {} bytes vs {}", out.stdout.len(), input.len());
     assert!(out.stderr == input, "stderr differs: {} bytes vs {}", out.stderr.len(), input.len());
 
@@ -110,7 +131,10 @@ fn vm_run_never_modifies_the_root_even_when_the_guest_remounts_it() {
     let home = TestHome::new();
     let root = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("cp")
-        .args(["-a", &format!("{}/.", home.path().join("rootfs/default").canonicalize().unwrap().display())])
+        .args([
+            "-a",
+            &format!("{}/.", home.path().join("rootfs/default").canonicalize().unwrap().display()),
+        ])
         .arg(root.path())
         .status()
         .unwrap();
@@ -177,11 +201,16 @@ fn silent_guest_kernel_dir(home: &TestHome) {
     .unwrap();
     std::os::unix::fs::symlink("busybox", tree.path().join("bin/sh")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(tree.path().join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(tree.path().join("init"), std::fs::Permissions::from_mode(0o755))
+        .unwrap();
     let cpio = kernel_dir.join("silent.cpio");
     let status = std::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("cd {} && find . | cpio -o -H newc --quiet > {}", tree.path().display(), cpio.display()))
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            tree.path().display(),
+            cpio.display()
+        ))
         .status()
         .unwrap();
     assert!(status.success());
@@ -190,7 +219,11 @@ fn silent_guest_kernel_dir(home: &TestHome) {
 }
 
 /// Spawns `cella run` with piped stdout and waits until the guest printed `marker`.
-fn spawn_until(home: &TestHome, args: &[&str], marker: &str) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
+fn spawn_until(
+    home: &TestHome,
+    args: &[&str],
+    marker: &str,
+) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
     let mut cmd = home.command(BIN);
     cmd.arg("run").args(args);
     cella_testkit::spawn_until(cmd, marker)
@@ -218,7 +251,8 @@ fn vm_run_sigint_to_the_process_group_ends_the_command_with_130() {
         return;
     }
     let home = TestHome::new();
-    let (mut child, _reader) = spawn_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
+    let (mut child, _reader) =
+        spawn_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
     // SAFETY: plain kill(2) on the process group the test created for `cella run`.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
     let status = wait_or_kill(&mut child, COMMAND_TIMEOUT);
@@ -232,7 +266,8 @@ fn vm_run_killed_with_sigkill_leaves_no_emulator() {
         return;
     }
     let home = TestHome::new();
-    let (mut child, _reader) = spawn_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
+    let (mut child, _reader) =
+        spawn_until(&home, &["--", "sh", "-c", "echo ready; exec sleep 1000"], "ready");
     child.kill().unwrap();
     let _ = child.wait();
     assert_nothing_left(&home);
@@ -248,7 +283,11 @@ fn vm_sandbox_process_killed_with_sigkill_leaves_no_emulator() {
     let (mut child, _reader) = spawn_until(&home, &args, "ready");
     let sandbox_pids: Vec<u32> = processes_matching("sandbox --name victim")
         .into_iter()
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).map(|e| e.ends_with("cella")).unwrap_or(false))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|e| e.ends_with("cella"))
+                .unwrap_or(false)
+        })
         .collect();
     assert_eq!(sandbox_pids.len(), 1, "{sandbox_pids:?}");
     // SAFETY: plain kill(2) on the sandbox process this test's `cella run` started.
@@ -284,7 +323,11 @@ fn vm_run_python_in_a_real_debian_root() {
         print('to stderr', file=sys.stderr)\n\
         sys.exit(3)\n";
     let root = debian.to_str().unwrap();
-    let out = cella_run(&home, &["--rootfs", root, "--memory", "512", "--", "python3", "-c", program], b"hello \xc3\xa9");
+    let out = cella_run(
+        &home,
+        &["--rootfs", root, "--memory", "512", "--", "python3", "-c", program],
+        b"hello \xc3\xa9",
+    );
     assert_eq!(out.code(), 3, "{}", out.stderr_text());
     assert_eq!(out.stdout, "{\"answer\": 42, \"len\": 7, \"upper\": \"HELLO \u{c9}\"}".as_bytes());
     assert_eq!(out.stderr, b"to stderr\n");
@@ -337,7 +380,13 @@ fn vm_run_ctrl_c_at_a_terminal_reaches_the_guest_command() {
     // Not home.command(): its process_group(0) would make setsid() below fail.
     let mut cmd = std::process::Command::new(BIN);
     cmd.env("CELLA_HOME", home.path());
-    cmd.args(["run", "--", "sh", "-c", "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done"]);
+    cmd.args([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-int; exit 9' INT; echo ready; while :; do sleep 0.1; done",
+    ]);
     cmd.stdin(std::fs::File::from(pty.slave.try_clone().unwrap()))
         .stdout(std::fs::File::from(pty.slave.try_clone().unwrap()))
         .stderr(std::fs::File::from(pty.slave.try_clone().unwrap()));

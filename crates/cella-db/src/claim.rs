@@ -51,11 +51,7 @@ impl Db {
     ) -> Result<CleanupClaim, DbError> {
         let key = key.into();
         let err = |e| DbError::query("claim for cleanup", &key, e);
-        let mut tx = self
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
 
         let Some(summary) = read_summary(&mut tx, &key).await? else {
             return Ok(CleanupClaim::NotFound);
@@ -87,10 +83,7 @@ impl Db {
             return Ok(CleanupClaim::HeldByOther);
         }
         tx.commit().await.map_err(err)?;
-        Ok(CleanupClaim::Claimed {
-            token,
-            summary: Box::new(summary),
-        })
+        Ok(CleanupClaim::Claimed { token, summary: Box::new(summary) })
     }
 
     /// Gives up a claim (after a failed removal), only if `token` still holds it.

@@ -152,17 +152,9 @@ impl DbError {
     ) -> Self {
         let subject = subject.to_string();
         if is_busy_error(&source) {
-            DbError::Busy {
-                operation,
-                subject,
-                source,
-            }
+            DbError::Busy { operation, subject, source }
         } else {
-            DbError::Query {
-                operation,
-                subject,
-                source,
-            }
+            DbError::Query { operation, subject, source }
         }
     }
 }
@@ -173,7 +165,5 @@ pub(crate) fn is_busy_error(error: &sqlx::Error) -> bool {
         return false;
     };
     let Some(code) = db.code() else { return false };
-    code.parse::<i32>()
-        .map(|c| matches!(c & 0xff, 5 | 6))
-        .unwrap_or(false)
+    code.parse::<i32>().map(|c| matches!(c & 0xff, 5 | 6)).unwrap_or(false)
 }

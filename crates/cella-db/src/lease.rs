@@ -38,8 +38,7 @@ impl LeaseRow {
 
     /// True when a sweep completed less than `interval` before `now`.
     pub fn completed_within(&self, now: i64, interval: Duration) -> bool {
-        self.last_completed_at
-            .is_some_and(|t| t > now - interval.as_millis() as i64)
+        self.last_completed_at.is_some_and(|t| t > now - interval.as_millis() as i64)
     }
 }
 
@@ -85,11 +84,7 @@ impl Db {
         min_interval: Duration,
     ) -> Result<Option<LeaseGrant>, DbError> {
         let err = |e| DbError::query("acquire lease", name, e);
-        let mut tx = self
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
 
         // The row is created by the schema; recreate it if someone deleted it.
         sqlx::query("INSERT OR IGNORE INTO maintenance_lease (name) VALUES (?)")
@@ -118,11 +113,7 @@ impl Db {
         tx.commit().await.map_err(err)?;
 
         let won = done.rows_affected() == 1;
-        Ok(won.then(|| LeaseGrant {
-            name: name.to_owned(),
-            token,
-            expires_at,
-        }))
+        Ok(won.then(|| LeaseGrant { name: name.to_owned(), token, expires_at }))
     }
 
     /// Records a successful sweep at `now` and releases the lease. Returns false when the grant

@@ -81,17 +81,12 @@ pub(crate) async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), DbErro
     }
     check_not_newer(found, path)?;
 
-    let open_err = |source| DbError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = |source| DbError::Open { path: path.to_owned(), source };
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(open_err)?;
 
     // Another process may have migrated while we waited for the write lock.
-    let current: i64 = sqlx::query_scalar("PRAGMA user_version")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(open_err)?;
+    let current: i64 =
+        sqlx::query_scalar("PRAGMA user_version").fetch_one(&mut *tx).await.map_err(open_err)?;
     check_not_newer(current, path)?;
     for (step, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = step as i64 + 1;
@@ -100,16 +95,8 @@ pub(crate) async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), DbErro
         // future is not `Send` under a borrowed transaction, which would make `Db::open`
         // unusable in a spawned task.
         let script = format!("{sql}\nPRAGMA user_version = {version};");
-        if let Err(source) = sqlx::query(&script)
-            .persistent(false)
-            .execute(&mut *tx)
-            .await
-        {
-            return Err(DbError::Migrate {
-                path: path.to_owned(),
-                version,
-                source,
-            });
+        if let Err(source) = sqlx::query(&script).persistent(false).execute(&mut *tx).await {
+            return Err(DbError::Migrate { path: path.to_owned(), version, source });
         }
     }
 
@@ -130,10 +117,7 @@ async fn user_version(pool: &SqlitePool, path: &Path) -> Result<i64, DbError> {
     sqlx::query_scalar("PRAGMA user_version")
         .fetch_one(pool)
         .await
-        .map_err(|source| DbError::Open {
-            path: path.to_owned(),
-            source,
-        })
+        .map_err(|source| DbError::Open { path: path.to_owned(), source })
 }
 
 fn check_not_newer(found: i64, path: &Path) -> Result<(), DbError> {

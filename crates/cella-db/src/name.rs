@@ -21,19 +21,13 @@ pub fn validate_sandbox_name(name: &str) -> Result<(), DbError> {
         Some("it is longer than 63 bytes")
     } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
         Some("it must start with a letter or digit")
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-    {
+    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
         Some("only letters, digits, '-', '_' and '.' are allowed")
     } else {
         None
     };
     match reason {
-        Some(reason) => Err(DbError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        }),
+        Some(reason) => Err(DbError::InvalidName { name: name.to_owned(), reason }),
         None => Ok(()),
     }
 }
@@ -53,14 +47,9 @@ mod tests {
     #[test]
     fn names_that_could_escape_the_sandbox_dir_are_rejected() {
         let long = "a".repeat(MAX_SANDBOX_NAME_LEN + 1);
-        for name in [
-            "", ".", "..", "a/b", "../x", "a\0b", "-rf", ".hidden", "é", &long,
-        ] {
+        for name in ["", ".", "..", "a/b", "../x", "a\0b", "-rf", ".hidden", "é", &long] {
             assert!(
-                matches!(
-                    validate_sandbox_name(name),
-                    Err(DbError::InvalidName { .. })
-                ),
+                matches!(validate_sandbox_name(name), Err(DbError::InvalidName { .. })),
                 "{name:?} should be rejected"
             );
         }

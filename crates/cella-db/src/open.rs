@@ -53,10 +53,7 @@ impl Db {
                 .recursive(true)
                 .mode(DB_DIR_MODE)
                 .create(parent)
-                .map_err(|source| DbError::CreateDir {
-                    path: parent.to_owned(),
-                    source,
-                })?;
+                .map_err(|source| DbError::CreateDir { path: parent.to_owned(), source })?;
         }
 
         let pool = connect(&path).await?;
@@ -83,10 +80,7 @@ impl Db {
 }
 
 async fn connect(path: &Path) -> Result<SqlitePool, DbError> {
-    let open_err = |source| DbError::Open {
-        path: path.to_owned(),
-        source,
-    };
+    let open_err = |source| DbError::Open { path: path.to_owned(), source };
     let options = SqliteConnectOptions::from_str("sqlite://")
         .map_err(open_err)?
         .filename(path)
@@ -105,26 +99,15 @@ async fn connect(path: &Path) -> Result<SqlitePool, DbError> {
 async fn enable_wal(pool: &SqlitePool, path: &Path) -> Result<(), DbError> {
     let deadline = Instant::now() + BUSY_TIMEOUT;
     loop {
-        let result: Result<String, _> = sqlx::query_scalar("PRAGMA journal_mode = WAL")
-            .fetch_one(pool)
-            .await;
+        let result: Result<String, _> =
+            sqlx::query_scalar("PRAGMA journal_mode = WAL").fetch_one(pool).await;
         match result {
             Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
-            Ok(mode) => {
-                return Err(DbError::WalUnavailable {
-                    path: path.to_owned(),
-                    mode,
-                })
-            }
+            Ok(mode) => return Err(DbError::WalUnavailable { path: path.to_owned(), mode }),
             Err(e) if is_busy_error(&e) && Instant::now() < deadline => {
                 tokio::time::sleep(WAL_RETRY_PAUSE).await;
             }
-            Err(source) => {
-                return Err(DbError::Open {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+            Err(source) => return Err(DbError::Open { path: path.to_owned(), source }),
         }
     }
 }

@@ -49,12 +49,7 @@ pub struct RunEnd {
 impl RunEnd {
     /// An end with only a reason and a detail, for runs whose process died unobserved.
     pub fn reason(reason: TerminationReason, detail: impl Into<String>) -> Self {
-        Self {
-            exit_code: None,
-            exit_signal: None,
-            reason,
-            detail: Some(detail.into()),
-        }
+        Self { exit_code: None, exit_signal: None, reason, detail: Some(detail.into()) }
     }
 }
 
@@ -94,10 +89,9 @@ impl RunRow {
             return Ok(None);
         };
         let status: String = get(row, "run_status")?;
-        let status = status.parse().map_err(|_| DbError::InvalidValue {
-            column: "run.status",
-            value: status,
-        })?;
+        let status = status
+            .parse()
+            .map_err(|_| DbError::InvalidValue { column: "run.status", value: status })?;
         let reason: Option<String> = get(row, "run_termination_reason")?;
         let termination_reason = reason
             .map(|r| {
@@ -125,10 +119,8 @@ impl RunRow {
     }
 
     fn from_row(row: &SqliteRow) -> Result<Self, DbError> {
-        Self::from_joined(row)?.ok_or_else(|| DbError::InvalidValue {
-            column: "run.id",
-            value: "NULL".to_owned(),
-        })
+        Self::from_joined(row)?
+            .ok_or_else(|| DbError::InvalidValue { column: "run.id", value: "NULL".to_owned() })
     }
 }
 
@@ -154,27 +146,15 @@ impl Db {
     ) -> Result<RunRow, DbError> {
         let key = sandbox.into();
         let err = |e| DbError::query("record a run for", &key, e);
-        let mut tx = self
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
 
-        let summary = read_summary(&mut tx, &key)
-            .await?
-            .ok_or_else(|| key.not_found())?;
+        let summary = read_summary(&mut tx, &key).await?.ok_or_else(|| key.not_found())?;
         let sandbox = summary.sandbox;
         if sandbox.status != SandboxStatus::Starting {
-            return Err(DbError::RunNotStarting {
-                name: sandbox.name,
-                status: sandbox.status,
-            });
+            return Err(DbError::RunNotStarting { name: sandbox.name, status: sandbox.status });
         }
         if let Some(run_id) = active_run_id(&mut tx, sandbox.id).await.map_err(err)? {
-            return Err(DbError::RunAlreadyActive {
-                name: sandbox.name,
-                run_id,
-            });
+            return Err(DbError::RunAlreadyActive { name: sandbox.name, run_id });
         }
 
         let now = now_ms();
@@ -211,11 +191,7 @@ impl Db {
 
     /// Ends a run, only while it is still Running. Returns whether this call ended it.
     pub async fn finish_run(&self, run_id: i64, end: &RunEnd) -> Result<bool, DbError> {
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| finish_err(run_id, e))?;
+        let mut conn = self.pool().acquire().await.map_err(|e| finish_err(run_id, e))?;
         finish(&mut conn, run_id, end).await
     }
 
@@ -231,11 +207,7 @@ impl Db {
         from: &[SandboxStatus],
     ) -> Result<RunFinish, DbError> {
         let err = |e| finish_err(run_id, e);
-        let mut tx = self
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
 
         let sandbox_id: Option<i64> = sqlx::query_scalar("SELECT sandbox_id FROM run WHERE id = ?")
             .bind(run_id)
@@ -243,20 +215,14 @@ impl Db {
             .await
             .map_err(err)?;
         let Some(sandbox_id) = sandbox_id else {
-            return Ok(RunFinish {
-                run_finished: false,
-                status_changed: false,
-            });
+            return Ok(RunFinish { run_finished: false, status_changed: false });
         };
         let run_finished = finish(&mut tx, run_id, end).await?;
         let status_changed = run_finished
             && set_status(&mut tx, &SandboxKey::Id(sandbox_id), to, from, false).await?;
 
         tx.commit().await.map_err(err)?;
-        Ok(RunFinish {
-            run_finished,
-            status_changed,
-        })
+        Ok(RunFinish { run_finished, status_changed })
     }
 
     /// A run by id.

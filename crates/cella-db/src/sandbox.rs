@@ -56,9 +56,7 @@ impl SandboxKey {
     }
 
     pub(crate) fn not_found(&self) -> DbError {
-        DbError::SandboxNotFound {
-            key: self.to_string(),
-        }
+        DbError::SandboxNotFound { key: self.to_string() }
     }
 }
 
@@ -130,15 +128,12 @@ pub struct SandboxRow {
 impl SandboxRow {
     pub(crate) fn from_row(row: &SqliteRow) -> Result<Self, DbError> {
         let config: String = get(row, "config")?;
-        let config = serde_json::from_str(&config).map_err(|_| DbError::InvalidValue {
-            column: "sandbox.config",
-            value: config,
-        })?;
+        let config = serde_json::from_str(&config)
+            .map_err(|_| DbError::InvalidValue { column: "sandbox.config", value: config })?;
         let status: String = get(row, "status")?;
-        let status = status.parse().map_err(|_| DbError::InvalidValue {
-            column: "sandbox.status",
-            value: status,
-        })?;
+        let status = status
+            .parse()
+            .map_err(|_| DbError::InvalidValue { column: "sandbox.status", value: status })?;
         Ok(Self {
             id: get(row, "id")?,
             name: get(row, "name")?,
@@ -162,10 +157,7 @@ pub struct SandboxSummary {
 
 impl SandboxSummary {
     pub(crate) fn from_row(row: &SqliteRow) -> Result<Self, DbError> {
-        Ok(Self {
-            sandbox: SandboxRow::from_row(row)?,
-            latest_run: RunRow::from_joined(row)?,
-        })
+        Ok(Self { sandbox: SandboxRow::from_row(row)?, latest_run: RunRow::from_joined(row)? })
     }
 }
 
@@ -174,8 +166,7 @@ pub(crate) fn get<'r, T>(row: &'r SqliteRow, column: &'static str) -> Result<T, 
 where
     T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
 {
-    row.try_get(column)
-        .map_err(|e| DbError::query("decode column", column, e))
+    row.try_get(column).map_err(|e| DbError::query("decode column", column, e))
 }
 
 impl Db {
@@ -200,17 +191,9 @@ impl Db {
         let id: i64 = match result {
             Ok(row) => get(&row, "id")?,
             Err(e) if is_unique_violation(&e) => {
-                return Err(DbError::DuplicateName {
-                    name: new.name.clone(),
-                })
+                return Err(DbError::DuplicateName { name: new.name.clone() })
             }
-            Err(e) => {
-                return Err(DbError::query(
-                    "insert",
-                    SandboxKey::from(new.name.as_str()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(DbError::query("insert", SandboxKey::from(new.name.as_str()), e)),
         };
         Ok(SandboxRow {
             id,
@@ -229,10 +212,7 @@ impl Db {
         key: impl Into<SandboxKey>,
     ) -> Result<Option<SandboxRow>, DbError> {
         let key = key.into();
-        let sql = format!(
-            "SELECT {SANDBOX_COLUMNS} FROM sandbox s WHERE {}",
-            key.predicate()
-        );
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandbox s WHERE {}", key.predicate());
         let row = key
             .bind(sqlx::query(&sql))
             .fetch_optional(self.pool())
@@ -244,9 +224,7 @@ impl Db {
     /// The sandbox with this name or id, or [`DbError::SandboxNotFound`].
     pub async fn sandbox(&self, key: impl Into<SandboxKey>) -> Result<SandboxRow, DbError> {
         let key = key.into();
-        self.find_sandbox(key.clone())
-            .await?
-            .ok_or_else(|| key.not_found())
+        self.find_sandbox(key.clone()).await?.ok_or_else(|| key.not_found())
     }
 
     /// The sandbox and its latest run, if the sandbox exists.
@@ -255,11 +233,7 @@ impl Db {
         key: impl Into<SandboxKey>,
     ) -> Result<Option<SandboxSummary>, DbError> {
         let key = key.into();
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| DbError::query("read", &key, e))?;
+        let mut conn = self.pool().acquire().await.map_err(|e| DbError::query("read", &key, e))?;
         read_summary(&mut conn, &key).await
     }
 
@@ -321,11 +295,8 @@ impl Db {
         from: &[SandboxStatus],
     ) -> Result<bool, DbError> {
         let key = key.into();
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| DbError::query("update status of", &key, e))?;
+        let mut conn =
+            self.pool().acquire().await.map_err(|e| DbError::query("update status of", &key, e))?;
         set_status(&mut conn, &key, to, from, false).await
     }
 
@@ -338,11 +309,8 @@ impl Db {
         from: &[SandboxStatus],
     ) -> Result<bool, DbError> {
         let key = key.into();
-        let mut conn = self
-            .pool()
-            .acquire()
-            .await
-            .map_err(|e| DbError::query("update status of", &key, e))?;
+        let mut conn =
+            self.pool().acquire().await.map_err(|e| DbError::query("update status of", &key, e))?;
         set_status(&mut conn, &key, to, from, true).await
     }
 
@@ -435,6 +403,5 @@ pub(crate) fn placeholders(n: usize) -> String {
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|d| d.is_unique_violation())
+    e.as_database_error().is_some_and(|d| d.is_unique_violation())
 }

@@ -14,10 +14,7 @@ const START_ENV: &str = "CELLA_DB_TEST_START_AT_MS";
 const PROCESSES: usize = 50;
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[test]
@@ -29,10 +26,7 @@ fn worker() {
     let start: u64 = std::env::var(START_ENV).unwrap().parse().unwrap();
     std::thread::sleep(Duration::from_millis(start.saturating_sub(now_ms())));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let result = rt.block_on(async {
         let db = Db::open(&path).await?;
         let new = NewSandbox {
@@ -80,23 +74,14 @@ fn fifty_processes_opening_a_fresh_database_at_once_all_succeed() {
         .collect();
 
     let failures: Vec<&String> = results.iter().filter(|r| *r != "ok").collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {PROCESSES} failed: {failures:?}",
-        failures.len()
-    );
+    assert!(failures.is_empty(), "{} of {PROCESSES} failed: {failures:?}", failures.len());
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let db = Db::open(&path).await.unwrap();
         assert_eq!(db.list_sandboxes().await.unwrap().len(), PROCESSES);
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
+        let version: i64 =
+            sqlx::query_scalar("PRAGMA user_version").fetch_one(db.pool()).await.unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         let leases: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM maintenance_lease")
             .fetch_one(db.pool())

@@ -162,7 +162,8 @@ fn parse_header(mut raw: &[u8]) -> Result<Header, ProtocolError> {
     if len > MAX_PAYLOAD as u64 {
         return Err(ProtocolError::FrameTooLarge { len });
     }
-    let kind = FrameKind::from_u8(kind_byte).ok_or(ProtocolError::UnknownKind { kind: kind_byte })?;
+    let kind =
+        FrameKind::from_u8(kind_byte).ok_or(ProtocolError::UnknownKind { kind: kind_byte })?;
     if flags & !KNOWN_FLAGS != 0 {
         return Err(ProtocolError::UnknownFlags { flags });
     }

@@ -19,7 +19,9 @@ pub mod frame;
 pub mod message;
 
 pub use error::ProtocolError;
-pub use frame::{Frame, FrameCodec, FrameKind, CONTROL_STREAM, DATA_CHUNK, HEADER_LEN, MAX_PAYLOAD};
+pub use frame::{
+    Frame, FrameCodec, FrameKind, CONTROL_STREAM, DATA_CHUNK, HEADER_LEN, MAX_PAYLOAD,
+};
 pub use message::*;
 
 /// Version of this protocol. Both ends must speak the same one; the handshake fails with a
@@ -39,6 +41,9 @@ pub fn check_version(agent: &Hello) -> Result<(), ProtocolError> {
     if agent.protocol_version == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(ProtocolError::VersionMismatch { host: PROTOCOL_VERSION, agent: agent.protocol_version })
+        Err(ProtocolError::VersionMismatch {
+            host: PROTOCOL_VERSION,
+            agent: agent.protocol_version,
+        })
     }
 }

@@ -88,8 +88,9 @@ impl BootAssets {
                 return Err(AssetError::BadManifest { path: manifest_path, source: Box::new(e) })
             }
         };
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| AssetError::BadManifest { path: manifest_path.clone(), source: Box::new(e) })?;
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+            AssetError::BadManifest { path: manifest_path.clone(), source: Box::new(e) }
+        })?;
 
         let krunfw = kernel_dir.join(KRUNFW_PATH);
         let assets = Self {

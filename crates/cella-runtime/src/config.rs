@@ -231,7 +231,9 @@ pub fn validate_cpus(cpus: u32) -> Result<(), ConfigError> {
 pub fn validate_rootfs(path: &std::path::Path) -> Result<(), ConfigError> {
     match std::fs::metadata(path) {
         Err(_) => Err(ConfigError::RootfsMissing { path: path.to_path_buf() }),
-        Ok(meta) if !meta.is_dir() => Err(ConfigError::RootfsNotDirectory { path: path.to_path_buf() }),
+        Ok(meta) if !meta.is_dir() => {
+            Err(ConfigError::RootfsNotDirectory { path: path.to_path_buf() })
+        }
         Ok(_) => Ok(()),
     }
 }

@@ -172,11 +172,6 @@ impl PendingSandbox {
     }
 }
 
-/// Spawns a sandbox process and waits for its report.
-pub fn launch(cella_bin: &Path, home: &Home, name: &str) -> Result<LaunchedSandbox, LaunchError> {
-    spawn(cella_bin, home, name, None)?.wait_ready()
-}
-
 fn spawn_detached(
     cella_bin: &Path,
     home: &Home,
@@ -185,8 +180,13 @@ fn spawn_detached(
     lock_fd: Option<RawFd>,
 ) -> std::io::Result<Child> {
     let fd = write_end.as_raw_fd();
-    let args: Vec<OsString> =
-        vec!["sandbox".into(), "--name".into(), name.into(), "--ready-fd".into(), fd.to_string().into()];
+    let args: Vec<OsString> = vec![
+        "sandbox".into(),
+        "--name".into(),
+        name.into(),
+        "--ready-fd".into(),
+        fd.to_string().into(),
+    ];
     let mut cmd = Command::new(cella_bin);
     cmd.args(args)
         .env(crate::home::HOME_ENV, home.root())
@@ -221,7 +221,8 @@ mod tests {
         let text = serde_json::to_string(&ready).unwrap();
         assert!(!text.contains('\n'));
         assert_eq!(serde_json::from_str::<ReadyReport>(&text).unwrap(), ready);
-        let failed: ReadyReport = serde_json::from_str(r#"{"status":"failed","error":"x"}"#).unwrap();
+        let failed: ReadyReport =
+            serde_json::from_str(r#"{"status":"failed","error":"x"}"#).unwrap();
         assert_eq!(failed, ReadyReport::Failed { error: "x".into() });
     }
 
@@ -229,7 +230,8 @@ mod tests {
     fn a_launcher_that_hears_nothing_names_the_log() {
         let tmp = tempfile::tempdir().unwrap();
         let home = Home::at(tmp.path());
-        let err = launch(Path::new("/bin/true"), &home, "quiet").err().unwrap();
+        let pending = spawn(Path::new("/bin/true"), &home, "quiet", None).unwrap();
+        let err = pending.wait_ready().err().unwrap();
         assert!(matches!(err, LaunchError::Silent { .. }), "{err}");
         assert!(err.to_string().contains("runtime.log"));
     }

@@ -135,9 +135,11 @@ fn client_of(stream: u64) -> u64 {
 impl Relay {
     /// Starts relaying over an agent port whose handshake is done. Spawns the port's reader and
     /// writer tasks on the current runtime.
-    pub fn start(reader: FramedRead<impl tokio::io::AsyncRead + Send + Unpin + 'static, FrameCodec>,
-                 writer: FramedWrite<impl tokio::io::AsyncWrite + Send + Unpin + 'static, FrameCodec>,
-                 agent: Hello) -> (Relay, RelayWatch) {
+    pub fn start(
+        reader: FramedRead<impl tokio::io::AsyncRead + Send + Unpin + 'static, FrameCodec>,
+        writer: FramedWrite<impl tokio::io::AsyncWrite + Send + Unpin + 'static, FrameCodec>,
+        agent: Hello,
+    ) -> (Relay, RelayWatch) {
         let (guest_tx, guest_rx) = mpsc::channel(GUEST_QUEUE_FRAMES);
         let (events_tx, events) = mpsc::channel(16);
         let (activity_tx, activity) = watch::channel(Activity::default());
@@ -169,7 +171,8 @@ impl Relay {
         let (read_half, write_half) = stream.into_split();
         let mut writer = FramedWrite::new(write_half, FrameCodec::new());
         let Some((index, rx)) = self.register_client() else {
-            let refusal = ErrorMessage { code: ErrorCode::Exhausted, message: "too many clients".into() };
+            let refusal =
+                ErrorMessage { code: ErrorCode::Exhausted, message: "too many clients".into() };
             if let Ok(frame) = refusal.to_frame(CONTROL_STREAM) {
                 let _ = writer.send(frame).await;
             }
@@ -231,10 +234,17 @@ impl Relay {
         }
     }
 
-    async fn read_client(&self, index: u64, mut reader: FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>) {
+    async fn read_client(
+        &self,
+        index: u64,
+        mut reader: FramedRead<tokio::net::unix::OwnedReadHalf, FrameCodec>,
+    ) {
         while let Some(next) = reader.next().await {
             let Ok(frame) = next else {
-                tracing::debug!(client = index, "client sent an undecodable frame; disconnecting it");
+                tracing::debug!(
+                    client = index,
+                    "client sent an undecodable frame; disconnecting it"
+                );
                 return;
             };
             if let Err(refusal) = self.route_client_frame(index, frame).await {
@@ -249,8 +259,14 @@ impl Relay {
     }
 
     /// Checks one client frame and forwards it to the agent, or says why not.
-    async fn route_client_frame(&self, index: u64, frame: Frame) -> Result<(), (u64, ErrorMessage)> {
-        let refuse = |code, message: &str| Err((frame.stream, ErrorMessage { code, message: message.into() }));
+    async fn route_client_frame(
+        &self,
+        index: u64,
+        frame: Frame,
+    ) -> Result<(), (u64, ErrorMessage)> {
+        let refuse = |code, message: &str| {
+            Err((frame.stream, ErrorMessage { code, message: message.into() }))
+        };
         if frame.stream == CONTROL_STREAM {
             if frame.kind == FrameKind::Shutdown {
                 let _ = self.shared.events.send(RelayEvent::ShutdownRequested).await;
@@ -280,7 +296,8 @@ impl Relay {
     }
 
     fn open_session(&self, index: u64, stream: u64) -> Result<(), (u64, ErrorMessage)> {
-        let refuse = |code, message: &str| Err((stream, ErrorMessage { code, message: message.into() }));
+        let refuse =
+            |code, message: &str| Err((stream, ErrorMessage { code, message: message.into() }));
         let mut state = self.shared.state.lock().unwrap();
         if !state.accepting {
             return refuse(ErrorCode::ShuttingDown, "the sandbox is shutting down");
@@ -324,13 +341,20 @@ impl Shared {
     /// Handles a frame the agent sent on a session stream.
     async fn route_agent_frame(&self, frame: Frame) -> Result<(), RelayError> {
         match frame.kind {
-            FrameKind::ExecStarted | FrameKind::Stdout | FrameKind::Stderr | FrameKind::Credit
-            | FrameKind::Error | FrameKind::Exited => {}
+            FrameKind::ExecStarted
+            | FrameKind::Stdout
+            | FrameKind::Stderr
+            | FrameKind::Credit
+            | FrameKind::Error
+            | FrameKind::Exited => {}
             kind => return Err(RelayError::UnexpectedFrame { kind, stream: frame.stream }),
         }
         let live = self.state.lock().unwrap().sessions.contains(&frame.stream);
         if !live {
-            self.warn_guest("dropping agent frame for a stream with no live session", &format!("{:?} on {}", frame.kind, frame.stream));
+            self.warn_guest(
+                "dropping agent frame for a stream with no live session",
+                &format!("{:?} on {}", frame.kind, frame.stream),
+            );
             return Ok(());
         }
         if frame.kind == FrameKind::Exited {
@@ -374,7 +398,10 @@ impl Shared {
             FrameKind::Goodbye => {
                 let first = !std::mem::replace(&mut self.state.lock().unwrap().goodbye_seen, true);
                 let goodbye = Goodbye::from_frame(&frame).unwrap_or(Goodbye { killed_sessions: 0 });
-                let _ = self.guest.send(Frame::new(FrameKind::GoodbyeAck, CONTROL_STREAM, Vec::new())).await;
+                let _ = self
+                    .guest
+                    .send(Frame::new(FrameKind::GoodbyeAck, CONTROL_STREAM, Vec::new()))
+                    .await;
                 if first {
                     let _ = self.events.send(RelayEvent::Goodbye(goodbye)).await;
                 }
@@ -389,7 +416,10 @@ impl Shared {
     }
 }
 
-async fn read_guest(mut reader: FramedRead<impl tokio::io::AsyncRead + Unpin, FrameCodec>, shared: Arc<Shared>) {
+async fn read_guest(
+    mut reader: FramedRead<impl tokio::io::AsyncRead + Unpin, FrameCodec>,
+    shared: Arc<Shared>,
+) {
     let outcome = loop {
         let frame = match reader.next().await {
             None => break None,
@@ -416,7 +446,10 @@ async fn read_guest(mut reader: FramedRead<impl tokio::io::AsyncRead + Unpin, Fr
     let _ = shared.events.send(RelayEvent::AgentGone(outcome)).await;
 }
 
-async fn write_guest(mut writer: FramedWrite<impl tokio::io::AsyncWrite + Unpin, FrameCodec>, mut rx: mpsc::Receiver<Frame>) {
+async fn write_guest(
+    mut writer: FramedWrite<impl tokio::io::AsyncWrite + Unpin, FrameCodec>,
+    mut rx: mpsc::Receiver<Frame>,
+) {
     while let Some(frame) = rx.recv().await {
         if let Err(e) = writer.send(frame).await {
             tracing::debug!(error = %e, "agent port write failed");

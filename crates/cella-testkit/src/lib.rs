@@ -165,8 +165,11 @@ impl TestHome {
         let assets = assets_home();
         std::os::unix::fs::symlink(assets.join("kernel"), dir.path().join("kernel")).unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
-        std::os::unix::fs::symlink(assets.join("rootfs/default"), dir.path().join("rootfs/default"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            assets.join("rootfs/default"),
+            dir.path().join("rootfs/default"),
+        )
+        .unwrap();
         Self { dir }
     }
 
@@ -225,8 +228,10 @@ impl Default for TestHome {
 
 fn list(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    let mut names: Vec<String> =
-        entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     names
 }
@@ -317,9 +322,9 @@ pub fn debian_rootfs() -> Option<PathBuf> {
         let dir = PathBuf::from(dir);
         return dir.join("usr/bin/python3").exists().then_some(dir);
     }
-    let cache = std::env::var_os("CELLA_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cella"));
+    let cache = std::env::var_os("CELLA_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/cella")
+    });
     let dir = cache.join("debian-bookworm-python");
     dir.join("usr/bin/python3").exists().then_some(dir)
 }

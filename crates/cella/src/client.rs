@@ -70,11 +70,16 @@ impl Connection {
     /// Runs one process to completion, streaming its stdio to and from the given endpoints.
     ///
     /// Signal numbers received on `signals` are delivered to the process. Returns how it ended.
-    pub async fn exec(&mut self, request: ExecStart, io: ExecIo<'_>) -> Result<Exited, ClientError> {
+    pub async fn exec(
+        &mut self,
+        request: ExecStart,
+        io: ExecIo<'_>,
+    ) -> Result<Exited, ClientError> {
         let stream = self.next_stream;
         self.next_stream += 1;
         self.writer.send(request.to_frame(stream)?).await?;
-        let mut pump = Pump { stream, stdin_credit: INITIAL_WINDOW as usize, stdin_open: io.stdin.is_some() };
+        let mut pump =
+            Pump { stream, stdin_credit: INITIAL_WINDOW as usize, stdin_open: io.stdin.is_some() };
         pump.run(&mut self.reader, &mut self.writer, io).await
     }
 }
@@ -196,7 +201,10 @@ impl Pump {
 
 /// Writes one chunk of output; a closed sink (for example a pipe whose reader left) is not an
 /// error for the session, the bytes are dropped.
-async fn write_output(sink: &mut (dyn AsyncWrite + Unpin + Send), data: &[u8]) -> Result<(), ClientError> {
+async fn write_output(
+    sink: &mut (dyn AsyncWrite + Unpin + Send),
+    data: &[u8],
+) -> Result<(), ClientError> {
     match sink.write_all(data).await {
         Ok(()) => {
             let _ = sink.flush().await;
@@ -207,7 +215,9 @@ async fn write_output(sink: &mut (dyn AsyncWrite + Unpin + Send), data: &[u8]) -
     }
 }
 
-async fn next_frame(reader: &mut FramedRead<OwnedReadHalf, FrameCodec>) -> Result<Frame, ClientError> {
+async fn next_frame(
+    reader: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+) -> Result<Frame, ClientError> {
     match reader.next().await {
         Some(Ok(frame)) => Ok(frame),
         Some(Err(e)) => Err(ClientError::Protocol(e)),
@@ -215,7 +225,10 @@ async fn next_frame(reader: &mut FramedRead<OwnedReadHalf, FrameCodec>) -> Resul
     }
 }
 
-async fn read_some(src: &mut Option<&mut (dyn AsyncRead + Unpin + Send)>, buf: &mut [u8]) -> std::io::Result<usize> {
+async fn read_some(
+    src: &mut Option<&mut (dyn AsyncRead + Unpin + Send)>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     match src {
         Some(src) => src.read(buf).await,
         None => std::future::pending().await,

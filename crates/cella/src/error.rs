@@ -23,7 +23,9 @@ pub enum ClientError {
         message: String,
     },
     /// The sandbox process closed the connection before the session ended.
-    #[error("the sandbox process closed the connection before the command finished; see `cella logs`")]
+    #[error(
+        "the sandbox process closed the connection before the command finished; see `cella logs`"
+    )]
     Disconnected,
     /// A frame could not be encoded or decoded.
     #[error("protocol error talking to the sandbox")]
@@ -55,15 +57,6 @@ pub enum SandboxError {
     Exists {
         /// The name.
         name: String,
-    },
-    /// The sandbox's files could not be written.
-    #[error("cannot write {path}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Underlying error.
-        #[source]
-        source: std::io::Error,
     },
     /// No sandbox has this name.
     #[error("no sandbox named {name} (see `cella ls --all`)")]

@@ -75,7 +75,10 @@ impl Cella {
         let summary = self.summary(name).await?;
         let status = summary.sandbox.status;
         if !STARTABLE.contains(&status) {
-            return Err(SandboxError::AlreadyActive { name: name.into(), status: status.to_string() });
+            return Err(SandboxError::AlreadyActive {
+                name: name.into(),
+                status: status.to_string(),
+            });
         }
         let lock = LauncherLock::try_acquire_for(&self.home, name)?
             .ok_or_else(|| SandboxError::LauncherBusy { name: name.into() })?;
@@ -86,7 +89,9 @@ impl Cella {
         match launch::spawn(cella_bin, &self.home, name, Some(&lock)) {
             Ok(pending) => Ok(Starting::new(pending, self.sandbox_handle(summary.sandbox.config)?)),
             Err(err) => {
-                self.db.set_sandbox_status(name, SandboxStatus::Crashed, &[SandboxStatus::Starting]).await?;
+                self.db
+                    .set_sandbox_status(name, SandboxStatus::Crashed, &[SandboxStatus::Starting])
+                    .await?;
                 if summary.sandbox.ephemeral {
                     let _ = lifecycle::cleanup_sandbox(&self.db, &self.home, name).await;
                 }
@@ -115,14 +120,26 @@ impl Cella {
     /// Stops a running sandbox: marks it Draining, asks the agent to shut down, and escalates to
     /// SIGTERM and then SIGKILL of its sandbox process if it is still alive after `timeout`.
     /// With `force`, kills the sandbox process at once.
-    pub async fn stop(&self, name: &str, timeout: Duration, force: bool) -> Result<(), SandboxError> {
+    pub async fn stop(
+        &self,
+        name: &str,
+        timeout: Duration,
+        force: bool,
+    ) -> Result<(), SandboxError> {
         let summary = self.summary(name).await?;
         let status = summary.sandbox.status;
         let run = match (status.is_active(), summary.latest_run) {
             (true, Some(run)) => run,
-            _ => return Err(SandboxError::NotRunning { name: name.into(), status: status.to_string() }),
+            _ => {
+                return Err(SandboxError::NotRunning {
+                    name: name.into(),
+                    status: status.to_string(),
+                })
+            }
         };
-        self.db.set_sandbox_status(name, SandboxStatus::Draining, &[SandboxStatus::Running]).await?;
+        self.db
+            .set_sandbox_status(name, SandboxStatus::Draining, &[SandboxStatus::Running])
+            .await?;
         let identity = ProcessIdentity::from_run(&run);
         if force {
             let _ = kill(Pid::from_raw(run.pid as i32), Signal::SIGKILL);
@@ -134,7 +151,11 @@ impl Cella {
             if !wait_dead(&identity, TERM_GRACE).await {
                 let _ = kill(Pid::from_raw(run.pid as i32), Signal::SIGKILL);
                 if !wait_dead(&identity, TERM_GRACE).await {
-                    return Err(SandboxError::StopTimeout { name: name.into(), pid: run.pid as i32, waited: timeout + 2 * TERM_GRACE });
+                    return Err(SandboxError::StopTimeout {
+                        name: name.into(),
+                        pid: run.pid as i32,
+                        waited: timeout + 2 * TERM_GRACE,
+                    });
                 }
             }
         }
@@ -150,7 +171,10 @@ impl Cella {
         let status = summary.sandbox.status;
         if status.is_active() {
             if !force {
-                return Err(SandboxError::StillActive { name: name.into(), status: status.to_string() });
+                return Err(SandboxError::StillActive {
+                    name: name.into(),
+                    status: status.to_string(),
+                });
             }
             self.stop(name, Duration::ZERO, true).await?;
         }

@@ -244,7 +244,13 @@ impl Sandbox {
         let mut conn = self.connect().await?;
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
         let request = self.exec_request(argv.iter().map(|s| s.to_string()).collect());
-        let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, signals: None, resizes: None };
+        let io = ExecIo {
+            stdin: None,
+            stdout: &mut stdout,
+            stderr: &mut stderr,
+            signals: None,
+            resizes: None,
+        };
         let exited = conn.exec(request, io).await?;
         Ok(Output { exited, stdout, stderr })
     }

@@ -111,15 +111,8 @@ pub fn boot() -> Result<BootConfig, BootError> {
         crate::log_warn!("ignoring unknown kernel parameter {ignored}");
     }
 
-    let skip = if config.uses_block_device() {
-        &[][..]
-    } else {
-        modules::BLOCK_ONLY_MODULES
-    };
-    let (list, dir) = (
-        Path::new(modules::MODULE_LIST),
-        Path::new(modules::MODULE_DIR),
-    );
+    let skip = if config.uses_block_device() { &[][..] } else { modules::BLOCK_ONLY_MODULES };
+    let (list, dir) = (Path::new(modules::MODULE_LIST), Path::new(modules::MODULE_DIR));
     let report = modules::load_all(list, dir, skip);
     for failure in &report.failed {
         crate::log_warn!("{}", crate::error::chain(failure));
@@ -132,10 +125,7 @@ pub fn boot() -> Result<BootConfig, BootError> {
     let tty_gid = UserDb::load(Path::new("/")).group_gid("tty");
     mounts::mount_runtime(tty_gid)?;
 
-    let hostname = config
-        .hostname
-        .as_deref()
-        .unwrap_or(system::DEFAULT_HOSTNAME);
+    let hostname = config.hostname.as_deref().unwrap_or(system::DEFAULT_HOSTNAME);
     if let Err(e) = system::set_hostname(hostname) {
         crate::log_warn!("{}", crate::error::chain(&e));
     }

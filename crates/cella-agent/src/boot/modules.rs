@@ -89,10 +89,7 @@ pub fn module_name(file: &str) -> String {
 pub fn load_all(list: &Path, dir: &Path, skip: &[&str]) -> ModuleReport {
     let mut report = ModuleReport::default();
     let Ok(text) = std::fs::read_to_string(list) else {
-        crate::log_info!(
-            "no module list at {}; assuming built-in drivers",
-            list.display()
-        );
+        crate::log_info!("no module list at {}; assuming built-in drivers", list.display());
         return report;
     };
     for name in parse_list(&text) {
@@ -103,11 +100,7 @@ pub fn load_all(list: &Path, dir: &Path, skip: &[&str]) -> ModuleReport {
         }
         let start = std::time::Instant::now();
         let result = load_one(&dir.join(&name));
-        crate::log_debug!(
-            "module {name}: {:?} in {:?}",
-            result.as_ref().ok(),
-            start.elapsed()
-        );
+        crate::log_debug!("module {name}: {:?} in {:?}", result.as_ref().ok(), start.elapsed());
         match result {
             Ok(true) => report.loaded += 1,
             Ok(false) => report.present += 1,
@@ -119,17 +112,12 @@ pub fn load_all(list: &Path, dir: &Path, skip: &[&str]) -> ModuleReport {
 
 /// Loads one module; `Ok(false)` if it was already loaded.
 fn load_one(path: &Path) -> Result<bool, ModuleError> {
-    let file = File::open(path).map_err(|source| ModuleError::Open {
-        path: path.into(),
-        source,
-    })?;
+    let file =
+        File::open(path).map_err(|source| ModuleError::Open { path: path.into(), source })?;
     match finit_module(&file, c"", ModuleInitFlags::empty()) {
         Ok(()) => Ok(true),
         Err(Errno::EEXIST) => Ok(false),
-        Err(source) => Err(ModuleError::Load {
-            path: path.into(),
-            source,
-        }),
+        Err(source) => Err(ModuleError::Load { path: path.into(), source }),
     }
 }
 
@@ -141,20 +129,13 @@ mod tests {
     fn list_keeps_order_and_skips_comments_blanks_and_paths() {
         let text =
             "virtio_ring.ko\n\n# comment\n  virtio.ko  \n../evil.ko\nsub/x.ko\nvirtio_console.ko";
-        assert_eq!(
-            parse_list(text),
-            ["virtio_ring.ko", "virtio.ko", "virtio_console.ko"]
-        );
+        assert_eq!(parse_list(text), ["virtio_ring.ko", "virtio.ko", "virtio_console.ko"]);
     }
 
     #[test]
     fn skipped_modules_are_not_opened() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("modules"),
-            "ext4.ko\nvirtio-blk.ko\nmissing.ko\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("modules"), "ext4.ko\nvirtio-blk.ko\nmissing.ko\n").unwrap();
         let report = load_all(&dir.path().join("modules"), dir.path(), BLOCK_ONLY_MODULES);
         assert_eq!((report.skipped, report.failed.len()), (2, 1));
     }
@@ -170,10 +151,7 @@ mod tests {
     fn missing_list_loads_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let report = load_all(&dir.path().join("modules"), dir.path(), &[]);
-        assert_eq!(
-            (report.loaded, report.present, report.failed.len()),
-            (0, 0, 0)
-        );
+        assert_eq!((report.loaded, report.present, report.failed.len()), (0, 0, 0));
     }
 
     #[test]

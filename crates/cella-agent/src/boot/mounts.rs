@@ -62,10 +62,7 @@ pub fn mount_early() -> Result<(), BootError> {
         mkdir(Path::new(target), 0o755)?;
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
         match mount_fs(fstype, target, fstype, flags, None) {
-            Err(BootError::Mount {
-                source: Errno::EBUSY,
-                ..
-            }) => {}
+            Err(BootError::Mount { source: Errno::EBUSY, .. }) => {}
             other => other?,
         }
     }
@@ -84,13 +81,7 @@ pub fn assemble_root(config: &BootConfig) -> Result<(), BootError> {
         }
         UpperSpec::Block { device } => {
             wait_for_path(device)?;
-            mount_fs(
-                &device.to_string_lossy(),
-                UPPER,
-                "ext4",
-                MsFlags::empty(),
-                None,
-            )?;
+            mount_fs(&device.to_string_lossy(), UPPER, "ext4", MsFlags::empty(), None)?;
         }
     }
     let upper = Path::new(UPPER).join("upper");
@@ -99,18 +90,8 @@ pub fn assemble_root(config: &BootConfig) -> Result<(), BootError> {
     mkdir(&work, 0o755)?;
 
     mkdir(Path::new(NEW_ROOT), 0o755)?;
-    let opts = format!(
-        "lowerdir={LOWER},upperdir={},workdir={}",
-        upper.display(),
-        work.display()
-    );
-    mount_fs(
-        "overlay",
-        NEW_ROOT,
-        "overlay",
-        MsFlags::empty(),
-        Some(&opts),
-    )?;
+    let opts = format!("lowerdir={LOWER},upperdir={},workdir={}", upper.display(), work.display());
+    mount_fs("overlay", NEW_ROOT, "overlay", MsFlags::empty(), Some(&opts))?;
     crate::log_info!("overlay root assembled at {NEW_ROOT}");
     Ok(())
 }
@@ -130,13 +111,7 @@ fn mount_lower(root: &RootSpec) -> Result<(), BootError> {
         }
         RootSpec::Block { device, fstype } => {
             wait_for_path(device)?;
-            mount_fs(
-                &device.to_string_lossy(),
-                LOWER,
-                fstype,
-                MsFlags::MS_RDONLY,
-                None,
-            )
+            mount_fs(&device.to_string_lossy(), LOWER, fstype, MsFlags::MS_RDONLY, None)
         }
     }
 }
@@ -145,25 +120,12 @@ fn mount_lower(root: &RootSpec) -> Result<(), BootError> {
 pub fn switch_root() -> Result<(), BootError> {
     let new_root = Path::new(NEW_ROOT);
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
-        mkdir(
-            &new_root.join(dir),
-            if dir == "tmp" { 0o1777 } else { 0o755 },
-        )?;
+        mkdir(&new_root.join(dir), if dir == "tmp" { 0o1777 } else { 0o755 })?;
     }
     for dir in ["/dev", "/proc", "/sys"] {
         let target = new_root.join(&dir[1..]);
-        mount(
-            Some(dir),
-            &target,
-            None::<&str>,
-            MsFlags::MS_MOVE,
-            None::<&str>,
-        )
-        .map_err(|source| BootError::MoveMount {
-            from: dir.into(),
-            to: target,
-            source,
-        })?;
+        mount(Some(dir), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|source| BootError::MoveMount { from: dir.into(), to: target, source })?;
     }
 
     free_initramfs();
@@ -241,10 +203,7 @@ fn mkdir(path: &Path, mode: u32) -> Result<(), BootError> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(BootError::Mkdir {
-            path: path.into(),
-            source,
-        }),
+        Err(source) => Err(BootError::Mkdir { path: path.into(), source }),
     }
 }
 
@@ -252,10 +211,7 @@ fn wait_for_path(path: &Path) -> Result<(), BootError> {
     let start = Instant::now();
     while !path.exists() {
         if start.elapsed() > ROOT_WAIT {
-            return Err(BootError::DeviceMissing {
-                path: path.into(),
-                waited: ROOT_WAIT,
-            });
+            return Err(BootError::DeviceMissing { path: path.into(), waited: ROOT_WAIT });
         }
         std::thread::sleep(ROOT_POLL);
     }
@@ -266,10 +222,9 @@ fn retry_enoent(mut attempt: impl FnMut() -> Result<(), BootError>) -> Result<()
     let start = Instant::now();
     loop {
         match attempt() {
-            Err(BootError::Mount {
-                source: Errno::ENOENT,
-                ..
-            }) if start.elapsed() < ROOT_WAIT => std::thread::sleep(ROOT_POLL),
+            Err(BootError::Mount { source: Errno::ENOENT, .. }) if start.elapsed() < ROOT_WAIT => {
+                std::thread::sleep(ROOT_POLL)
+            }
             other => return other,
         }
     }

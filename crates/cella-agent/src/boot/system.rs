@@ -15,10 +15,8 @@ pub const DEFAULT_HOSTNAME: &str = "cella";
 
 /// Sets the hostname.
 pub fn set_hostname(name: &str) -> Result<(), BootError> {
-    nix::unistd::sethostname(name).map_err(|source| BootError::Hostname {
-        name: name.to_owned(),
-        source,
-    })
+    nix::unistd::sethostname(name)
+        .map_err(|source| BootError::Hostname { name: name.to_owned(), source })
 }
 
 /// Brings the loopback interface up.

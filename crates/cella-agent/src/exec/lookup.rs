@@ -20,10 +20,8 @@ pub fn find_program(name: &str, path_var: &str) -> Result<PathBuf, SpawnError> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
-    let not_found = || SpawnError::NotInPath {
-        program: name.to_owned(),
-        path: path_var.to_owned(),
-    };
+    let not_found =
+        || SpawnError::NotInPath { program: name.to_owned(), path: path_var.to_owned() };
     if name.is_empty() || name == "." || name == ".." {
         return Err(not_found());
     }
@@ -40,10 +38,7 @@ pub fn find_program(name: &str, path_var: &str) -> Result<PathBuf, SpawnError> {
         }
     }
     match not_executable {
-        Some(path) => Err(SpawnError::NotExecutableInPath {
-            program: name.to_owned(),
-            path,
-        }),
+        Some(path) => Err(SpawnError::NotExecutableInPath { program: name.to_owned(), path }),
         None => Err(not_found()),
     }
 }
@@ -95,10 +90,7 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let err = find_program("nope", &a.path().display().to_string()).unwrap_err();
         assert_eq!(err.failure(), SpawnFailure::NotFound);
-        assert_eq!(
-            find_program("nope", "").unwrap_err().failure(),
-            SpawnFailure::NotFound
-        );
+        assert_eq!(find_program("nope", "").unwrap_err().failure(), SpawnFailure::NotFound);
     }
 
     #[test]
@@ -121,10 +113,7 @@ mod tests {
     #[test]
     fn names_with_a_slash_are_not_searched() {
         assert_eq!(find_program("./x", "").unwrap(), PathBuf::from("./x"));
-        assert_eq!(
-            find_program("/bin/x", "/usr/bin").unwrap(),
-            PathBuf::from("/bin/x")
-        );
+        assert_eq!(find_program("/bin/x", "/usr/bin").unwrap(), PathBuf::from("/bin/x"));
     }
 
     #[test]

@@ -165,24 +165,13 @@ pub fn plan(req: &ExecStart, root: &Path) -> Result<ExecPlan, SpawnError> {
 
     let creds = UserDb::load(root).resolve(req.user.as_deref())?;
     let env = build_env(&req.env, &creds.home, req.tty.is_some())?;
-    let path_var = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str());
+    let path_var = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let program = lookup::find_program(argv0, path_var.unwrap_or(""))?;
 
     Ok(ExecPlan {
-        program: cstring(
-            program.into_os_string().into_encoded_bytes(),
-            "program path",
-        )?,
+        program: cstring(program.into_os_string().into_encoded_bytes(), "program path")?,
         display: argv0.clone(),
-        argv: req
-            .argv
-            .iter()
-            .map(|a| cstring(a.as_bytes(), "argv"))
-            .collect::<Result<_, _>>()?,
+        argv: req.argv.iter().map(|a| cstring(a.as_bytes(), "argv")).collect::<Result<_, _>>()?,
         envp: env
             .iter()
             .map(|(k, v)| cstring(format!("{k}={v}").into_bytes(), "env"))
@@ -200,10 +189,8 @@ pub fn build_env(
     home: &str,
     tty: bool,
 ) -> Result<Vec<(String, String)>, SpawnError> {
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), home.into()),
-    ];
+    let mut env: Vec<(String, String)> =
+        vec![("PATH".into(), DEFAULT_PATH.into()), ("HOME".into(), home.into())];
     if tty {
         env.push(("TERM".into(), DEFAULT_TERM.into()));
     }
@@ -284,19 +271,12 @@ mod tests {
         req.user = Some("no-such-user-cella".into());
         let err = plan(&req, Path::new("/nonexistent-root")).unwrap_err();
         assert_eq!(err.failure(), SpawnFailure::Other);
-        assert!(
-            err.message().contains("no-such-user-cella"),
-            "{}",
-            err.message()
-        );
+        assert!(err.message().contains("no-such-user-cella"), "{}", err.message());
     }
 
     #[test]
     fn exec_errnos_are_classified_like_a_shell() {
-        let exec = |source| SpawnError::Exec {
-            program: "x".into(),
-            source,
-        };
+        let exec = |source| SpawnError::Exec { program: "x".into(), source };
         assert_eq!(exec(Errno::ENOENT).failure(), SpawnFailure::NotFound);
         assert_eq!(exec(Errno::EACCES).failure(), SpawnFailure::NotExecutable);
         assert_eq!(exec(Errno::ENOEXEC).failure(), SpawnFailure::NotExecutable);

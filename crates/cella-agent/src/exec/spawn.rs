@@ -111,10 +111,7 @@ struct ChildArgs<'a> {
 
 /// Starts `plan`'s process in its own session, registered with `reaper`. Blocking.
 pub fn spawn(plan: &ExecPlan, reaper: &Reaper) -> Result<Spawned, SpawnError> {
-    let stdio_err = |source| SpawnError::Stdio {
-        program: plan.display.clone(),
-        source,
-    };
+    let stdio_err = |source| SpawnError::Stdio { program: plan.display.clone(), source };
     let (ours, theirs) = make_stdio(plan).map_err(stdio_err)?;
     let (report_r, report_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| stdio_err(e.into()))?;
 
@@ -124,10 +121,7 @@ pub fn spawn(plan: &ExecPlan, reaper: &Reaper) -> Result<Spawned, SpawnError> {
         argv: null_terminated(&plan.argv),
         envp: null_terminated(&plan.envp),
         cwd: &plan.cwd,
-        creds: plan
-            .creds
-            .as_ref()
-            .map(|c| (c.uid, c.gid, groups.as_slice())),
+        creds: plan.creds.as_ref().map(|c| (c.uid, c.gid, groups.as_slice())),
         stdio: theirs.fds(),
         tty: plan.tty.is_some(),
     };
@@ -136,10 +130,7 @@ pub fn spawn(plan: &ExecPlan, reaper: &Reaper) -> Result<Spawned, SpawnError> {
         // SAFETY: the child branch runs only `child_main`, which restricts itself to
         // async-signal-safe system calls on memory prepared above and never returns.
         match unsafe { libc::fork() } {
-            -1 => Err(SpawnError::Fork {
-                program: plan.display.clone(),
-                source: Errno::last(),
-            }),
+            -1 => Err(SpawnError::Fork { program: plan.display.clone(), source: Errno::last() }),
             // SAFETY: we are the freshly forked child; see `child_main`'s contract.
             0 => unsafe { child_main(&args, report_w.as_raw_fd()) },
             pid => Ok((Pid::from_raw(pid), ())),
@@ -149,11 +140,7 @@ pub fn spawn(plan: &ExecPlan, reaper: &Reaper) -> Result<Spawned, SpawnError> {
     drop(theirs);
     drop(report_w);
     match read_report(&report_r) {
-        None => Ok(Spawned {
-            pid,
-            stdio: ours,
-            exit,
-        }),
+        None => Ok(Spawned { pid, stdio: ours, exit }),
         // The child `_exit`ed; the reaper collects it and the dropped receiver ignores it.
         Some((step, errno)) => Err(step_error(plan, step, errno)),
     }
@@ -180,20 +167,12 @@ fn make_stdio(plan: &ExecPlan) -> std::io::Result<(ChildStdio, TheirStdio)> {
     let (stdin_r, stdin_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (stdout_r, stdout_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (stderr_r, stderr_w) = pipe2(OFlag::O_CLOEXEC)?;
-    let ours = ChildStdio::Pipes {
-        stdin: stdin_w,
-        stdout: stdout_r,
-        stderr: stderr_r,
-    };
+    let ours = ChildStdio::Pipes { stdin: stdin_w, stdout: stdout_r, stderr: stderr_r };
     Ok((ours, TheirStdio(vec![stdin_r, stdout_w, stderr_w])))
 }
 
 fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
-    strings
-        .iter()
-        .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect()
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
 /// Reads the child's report: `None` when exec succeeded (end of file), else the failed step.
@@ -219,11 +198,7 @@ fn step_error(plan: &ExecPlan, step: Step, source: Errno) -> SpawnError {
     let program = plan.display.clone();
     match step {
         Step::Exec => SpawnError::Exec { program, source },
-        step => SpawnError::ChildSetup {
-            program,
-            step: step.name(),
-            source,
-        },
+        step => SpawnError::ChildSetup { program, step: step.name(), source },
     }
 }
 
@@ -266,17 +241,8 @@ unsafe fn child_main(args: &ChildArgs<'_>, report: RawFd) -> ! {
         if libc::chdir(args.cwd.as_ptr()) < 0 {
             fail(report, Step::Chdir);
         }
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-        libc::execve(
-            args.program.as_ptr(),
-            args.argv.as_ptr(),
-            args.envp.as_ptr(),
-        );
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::execve(args.program.as_ptr(), args.argv.as_ptr(), args.envp.as_ptr());
         fail(report, Step::Exec)
     }
 }

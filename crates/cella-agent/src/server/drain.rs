@@ -65,18 +65,9 @@ impl Dispatcher {
         self.abort_sessions();
 
         self.heartbeat = None;
-        self.send(
-            &Goodbye {
-                killed_sessions: killed,
-            },
-            CONTROL_STREAM,
-        )
-        .await;
+        self.send(&Goodbye { killed_sessions: killed }, CONTROL_STREAM).await;
         let deadline = Instant::now() + GOODBYE_ACK_TIMEOUT;
-        match self
-            .dispatch(reader, Some(deadline), |d| d.goodbye_acked)
-            .await?
-        {
+        match self.dispatch(reader, Some(deadline), |d| d.goodbye_acked).await? {
             Stop::Done => crate::log_info!("host acknowledged goodbye"),
             _ => crate::log_warn!("no goodbye ack from the host"),
         }
@@ -89,12 +80,10 @@ impl Dispatcher {
         crate::log_info!("host gone: stopping {} session(s)", self.sessions.len());
         let none_running = |d: &Dispatcher| d.sessions.values().all(|s| !s.running);
         self.signal_everyone(libc::SIGTERM);
-        self.wait_events(Instant::now() + self.opts.host_gone_grace, none_running)
-            .await;
+        self.wait_events(Instant::now() + self.opts.host_gone_grace, none_running).await;
         if !none_running(self) {
             self.signal_everyone(libc::SIGKILL);
-            self.wait_events(Instant::now() + KILL_WAIT, none_running)
-                .await;
+            self.wait_events(Instant::now() + KILL_WAIT, none_running).await;
         }
         self.abort_sessions();
         ServeOutcome::HostGone

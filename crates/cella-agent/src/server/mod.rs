@@ -60,11 +60,7 @@ pub struct ServeOptions {
 
 impl Default for ServeOptions {
     fn default() -> Self {
-        Self {
-            root: PathBuf::from("/"),
-            kill_all: false,
-            host_gone_grace: Duration::from_secs(1),
-        }
+        Self { root: PathBuf::from("/"), kill_all: false, host_gone_grace: Duration::from_secs(1) }
     }
 }
 
@@ -122,10 +118,7 @@ where
         interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
         interval
     });
-    crate::log_info!(
-        "host connected, heartbeat {:?} ms",
-        ack.heartbeat_interval_ms
-    );
+    crate::log_info!("host connected, heartbeat {:?} ms", ack.heartbeat_interval_ms);
 
     let mut dispatcher = Dispatcher::new(out, reaper, opts, heartbeat);
     dispatcher.run(&mut reader).await
@@ -167,12 +160,8 @@ impl Dispatcher {
         heartbeat: Option<Interval>,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let ctx = SessionContext {
-            out: out.clone(),
-            events: events_tx,
-            reaper,
-            root: opts.root.clone(),
-        };
+        let ctx =
+            SessionContext { out: out.clone(), events: events_tx, reaper, root: opts.root.clone() };
         Self {
             out,
             sessions: HashMap::new(),

@@ -31,22 +31,18 @@ impl Dispatcher {
         let result = match frame.kind {
             FrameKind::ExecStart => self.exec_start(&frame),
             FrameKind::Stdin => self.stdin(stream, frame.payload),
-            FrameKind::StdinClose => self
-                .session(stream)
-                .map(|s| drop(s.stdin.send(StdinMsg::Close))),
+            FrameKind::StdinClose => {
+                self.session(stream).map(|s| drop(s.stdin.send(StdinMsg::Close)))
+            }
             FrameKind::Signal => self.signal(&frame),
             FrameKind::Resize => self.resize(&frame),
             FrameKind::Credit => self.credit(&frame),
-            kind => Err(Some(bad_request(format!(
-                "{kind:?} is not a host-to-agent session frame"
-            )))),
+            kind => {
+                Err(Some(bad_request(format!("{kind:?} is not a host-to-agent session frame"))))
+            }
         };
         if let Err(Some(error)) = result {
-            crate::log_debug!(
-                "stream {stream}: refused {:?}: {}",
-                frame.kind,
-                error.message
-            );
+            crate::log_debug!("stream {stream}: refused {:?}: {}", frame.kind, error.message);
             self.send(&error, stream).await;
         }
         None
@@ -72,10 +68,7 @@ impl Dispatcher {
     fn exec_start(&mut self, frame: &Frame) -> Result<(), Option<ErrorMessage>> {
         let stream = frame.stream;
         if self.draining {
-            return Err(Some(error(
-                ErrorCode::ShuttingDown,
-                "the agent is shutting down",
-            )));
+            return Err(Some(error(ErrorCode::ShuttingDown, "the agent is shutting down")));
         }
         if self.sessions.contains_key(&stream) {
             return Err(Some(error(
@@ -101,9 +94,7 @@ impl Dispatcher {
             return Ok(());
         }
         if !session.stdin_counter.accept(payload.len()) {
-            return Err(Some(bad_request(
-                "stdin beyond the granted window; data dropped",
-            )));
+            return Err(Some(bad_request("stdin beyond the granted window; data dropped")));
         }
         let len = payload.len();
         if session.stdin.send(StdinMsg::Data(payload)).is_err() {
@@ -116,10 +107,7 @@ impl Dispatcher {
         let session = self.session(frame.stream)?;
         let req = SignalRequest::from_frame(frame).map_err(|e| Some(bad_request(e.to_string())))?;
         if !(1..=MAX_SIGNAL).contains(&req.signal) {
-            return Err(Some(bad_request(format!(
-                "invalid signal number {}",
-                req.signal
-            ))));
+            return Err(Some(bad_request(format!("invalid signal number {}", req.signal))));
         }
         let _ = session.control.send(Control::Signal(req.signal));
         Ok(())
@@ -139,9 +127,7 @@ impl Dispatcher {
             StreamId::Stdout => session.stdout_window.grant(credit.bytes),
             StreamId::Stderr => session.stderr_window.grant(credit.bytes),
             StreamId::Stdin => {
-                return Err(Some(bad_request(
-                    "stdin credit flows from the agent to the host",
-                )))
+                return Err(Some(bad_request("stdin credit flows from the agent to the host")))
             }
         }
         Ok(())
@@ -162,10 +148,7 @@ impl Dispatcher {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorMessage {
-    ErrorMessage {
-        code,
-        message: message.into(),
-    }
+    ErrorMessage { code, message: message.into() }
 }
 
 fn bad_request(message: impl Into<String>) -> ErrorMessage {

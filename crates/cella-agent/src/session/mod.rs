@@ -104,11 +104,8 @@ pub fn start(stream: u64, request: ExecStart, ctx: SessionContext) -> SessionHan
         stdout_window: Arc::new(Window::new(INITIAL_WINDOW)),
         stderr_window: Arc::new(Window::new(INITIAL_WINDOW)),
     };
-    let handle_parts = (
-        io.stdin_counter.clone(),
-        io.stdout_window.clone(),
-        io.stderr_window.clone(),
-    );
+    let handle_parts =
+        (io.stdin_counter.clone(), io.stdout_window.clone(), io.stderr_window.clone());
     let task = tokio::spawn(run(stream, request, ctx, control_rx, io));
     SessionHandle {
         control,
@@ -139,9 +136,7 @@ async fn run(
     let exited = match spawn_process(request, &ctx).await {
         Err(exited) => exited,
         Ok(spawned) => {
-            let started = ExecStarted {
-                pid: spawned.pid.as_raw() as u32,
-            };
+            let started = ExecStarted { pid: spawned.pid.as_raw() as u32 };
             send(&ctx, stream, &started).await;
             supervise(stream, spawned, &ctx, control, io).await
         }
@@ -161,10 +156,7 @@ async fn spawn_process(request: ExecStart, ctx: &SessionContext) -> Result<Spawn
     .await;
     match result {
         Ok(Ok(spawned)) => Ok(spawned),
-        Ok(Err(err)) => Err(Exited::SpawnFailed {
-            reason: err.failure(),
-            message: err.message(),
-        }),
+        Ok(Err(err)) => Err(Exited::SpawnFailed { reason: err.failure(), message: err.message() }),
         Err(join) => Err(Exited::SpawnFailed {
             reason: SpawnFailure::Other,
             message: format!("agent spawn task failed: {join}"),
@@ -215,9 +207,7 @@ async fn supervise(
         }
     }
     // Leaving this scope drops the stdin pump: no Credit frame can follow the Exited frame.
-    status.unwrap_or(Exited::Code {
-        code: LOST_STATUS_CODE,
-    })
+    status.unwrap_or(Exited::Code { code: LOST_STATUS_CODE })
 }
 
 /// The pumps of a session, wired to its descriptors.
@@ -243,11 +233,7 @@ impl Fds {
     fn register(stdio: ChildStdio) -> std::io::Result<Self> {
         let stream = |fd| FdStream::new(fd).map(Arc::new);
         Ok(match stdio {
-            ChildStdio::Pipes {
-                stdin,
-                stdout,
-                stderr,
-            } => Fds {
+            ChildStdio::Pipes { stdin, stdout, stderr } => Fds {
                 stdin: stream(stdin)?,
                 stdout: stream(stdout)?,
                 stderr: Some(stream(stderr)?),
@@ -283,10 +269,7 @@ fn wire(
         exited: exited.clone(),
     };
     let stdout = pump(&fds.stdout, FrameKind::Stdout, &io.stdout_window);
-    let stderr = fds
-        .stderr
-        .as_ref()
-        .map(|fd| pump(fd, FrameKind::Stderr, &io.stderr_window));
+    let stderr = fds.stderr.as_ref().map(|fd| pump(fd, FrameKind::Stderr, &io.stderr_window));
     let stdin = StdinPump {
         dst: Some(fds.stdin),
         tty: fds.pty.is_some(),
@@ -302,11 +285,7 @@ fn wire(
         };
         crate::log_debug!("stream {stream}: output ended: stdout {out:?}, stderr {err:?}");
     };
-    Ok(Wired {
-        pumps,
-        stdin: stdin.run(),
-        pty: fds.pty,
-    })
+    Ok(Wired { pumps, stdin: stdin.run(), pty: fds.pty })
 }
 
 fn to_exited(result: Result<ProcessExit, oneshot::error::RecvError>) -> Exited {
@@ -315,9 +294,7 @@ fn to_exited(result: Result<ProcessExit, oneshot::error::RecvError>) -> Exited {
         Ok(ProcessExit::Signal(signal)) => Exited::Signal { signal },
         Err(_) => {
             crate::log_warn!("exit status lost (reaped elsewhere)");
-            Exited::Code {
-                code: LOST_STATUS_CODE,
-            }
+            Exited::Code { code: LOST_STATUS_CODE }
         }
     }
 }

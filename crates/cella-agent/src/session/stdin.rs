@@ -52,11 +52,9 @@ impl StdinCounter {
 
     /// Counts `len` bytes as written out.
     pub fn release(&self, len: usize) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
-                Some(cur.saturating_sub(len as u64))
-            });
+        let _ = self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            Some(cur.saturating_sub(len as u64))
+        });
     }
 }
 
@@ -98,19 +96,13 @@ impl StdinPump {
     async fn write(&mut self, bytes: &[u8]) {
         let Some(dst) = &self.dst else { return };
         if let Err(e) = dst.write_all(bytes).await {
-            crate::log_debug!(
-                "stream {}: stdin write failed, discarding stdin: {e}",
-                self.stream
-            );
+            crate::log_debug!("stream {}: stdin write failed, discarding stdin: {e}", self.stream);
             self.dst = None;
         }
     }
 
     async fn credit(&self, len: usize) -> bool {
-        let credit = Credit {
-            stream: StreamId::Stdin,
-            bytes: len as u32,
-        };
+        let credit = Credit { stream: StreamId::Stdin, bytes: len as u32 };
         match credit.to_frame(self.stream) {
             Ok(frame) => self.out.send(frame).await.is_ok(),
             Err(_) => true,

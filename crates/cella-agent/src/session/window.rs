@@ -24,10 +24,7 @@ pub struct Window {
 impl Window {
     /// A window holding `initial` bytes of credit.
     pub fn new(initial: u32) -> Self {
-        Self {
-            credit: Mutex::new(u64::from(initial)),
-            notify: Notify::new(),
-        }
+        Self { credit: Mutex::new(u64::from(initial)), notify: Notify::new() }
     }
 
     /// Adds credit (from a host `Credit` frame) and wakes the pump.
@@ -62,9 +59,7 @@ impl Window {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
-        self.credit
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.credit.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -89,10 +84,7 @@ mod tests {
         assert!(!waiter.is_finished(), "must wait while the credit is zero");
         window.grant(10);
         assert_eq!(
-            tokio::time::timeout(Duration::from_secs(5), waiter)
-                .await
-                .unwrap()
-                .unwrap(),
+            tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(),
             10
         );
     }

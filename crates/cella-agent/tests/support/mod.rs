@@ -61,19 +61,9 @@ impl Host {
         let mut conn = Framed::new(host_end, FrameCodec::new());
         let first = next(&mut conn).await;
         let hello = Hello::from_frame(&first).expect("first frame is Hello");
-        let ack = HelloAck {
-            protocol_version: PROTOCOL_VERSION,
-            heartbeat_interval_ms,
-        };
-        conn.send(ack.to_frame(CONTROL_STREAM).unwrap())
-            .await
-            .unwrap();
-        Host {
-            conn,
-            server,
-            hello,
-            root,
-        }
+        let ack = HelloAck { protocol_version: PROTOCOL_VERSION, heartbeat_interval_ms };
+        conn.send(ack.to_frame(CONTROL_STREAM).unwrap()).await.unwrap();
+        Host { conn, server, hello, root }
     }
 
     pub async fn send(&mut self, frame: Frame) {
@@ -128,10 +118,7 @@ impl Host {
                 };
                 buf.extend_from_slice(&frame.payload);
                 if auto_credit {
-                    let credit = Credit {
-                        stream: id,
-                        bytes: frame.payload.len() as u32,
-                    };
+                    let credit = Credit { stream: id, bytes: frame.payload.len() as u32 };
                     self.send_msg(frame.stream, &credit).await;
                 }
             }
@@ -189,10 +176,7 @@ pub fn request(argv: &[&str]) -> ExecStart {
 }
 
 pub fn tty_request(argv: &[&str], rows: u16, cols: u16) -> ExecStart {
-    ExecStart {
-        tty: Some(WindowSize { rows, cols }),
-        ..request(argv)
-    }
+    ExecStart { tty: Some(WindowSize { rows, cols }), ..request(argv) }
 }
 
 /// A root with its own passwd and group, so HOME and users are predictable.
@@ -204,11 +188,7 @@ pub fn test_root() -> tempfile::TempDir {
         "root:x:0:0:root:/fakeroot:/bin/sh\nalice:x:4321:4322::/home/alice:/bin/sh\n",
     )
     .unwrap();
-    std::fs::write(
-        root.path().join("etc/group"),
-        "root:x:0:\nextra:x:777:alice\n",
-    )
-    .unwrap();
+    std::fs::write(root.path().join("etc/group"), "root:x:0:\nextra:x:777:alice\n").unwrap();
     root
 }
 
@@ -227,11 +207,9 @@ pub fn write_file(dir: &Path, name: &str, contents: &str, mode: u32) -> PathBuf 
 /// Whether a process with this pid still exists (zombies count as gone).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .map(|rest| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
+        Ok(stat) => {
+            stat.rsplit(')').next().map(|rest| !rest.trim_start().starts_with('Z')).unwrap_or(false)
+        }
         Err(_) => false,
     }
 }

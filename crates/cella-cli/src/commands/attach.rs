@@ -13,7 +13,11 @@ use tokio::sync::mpsc;
 const MAX_GUEST_MESSAGE: usize = 500;
 
 /// Runs `request` in `sandbox` attached to this process's stdio and signals.
-pub async fn attach(sandbox: &Sandbox, request: ExecStart, signals: &mut ForwardedSignals) -> anyhow::Result<Exited> {
+pub async fn attach(
+    sandbox: &Sandbox,
+    request: ExecStart,
+    signals: &mut ForwardedSignals,
+) -> anyhow::Result<Exited> {
     let mut conn = sandbox.connect().await?;
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();

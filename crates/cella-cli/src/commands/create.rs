@@ -6,7 +6,9 @@ use super::opts::{runtime, SandboxOpts};
 
 /// Arguments of `cella create`.
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  cella create web --memory 1024 && cella start web && cella exec web -- uname -a")]
+#[command(
+    after_help = "Example:\n  cella create web --memory 1024 && cella start web && cella exec web -- uname -a"
+)]
 pub struct CreateArgs {
     /// Name of the sandbox: letters, digits, '-', '_' and '.', at most 63 characters
     name: String,
@@ -16,7 +18,9 @@ pub struct CreateArgs {
 
 /// Runs `cella create`.
 pub fn main(args: CreateArgs) -> u8 {
-    let created = runtime().block_on(async { args.opts.builder(&args.name)?.define().await.map_err(anyhow::Error::from) });
+    let created = runtime().block_on(async {
+        args.opts.builder(&args.name)?.define().await.map_err(anyhow::Error::from)
+    });
     match created {
         Ok(()) => {
             println!("{}", args.name);

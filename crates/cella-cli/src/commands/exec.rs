@@ -7,8 +7,10 @@ use super::opts::runtime;
 
 /// Arguments of `cella exec`.
 #[derive(Debug, Args)]
-#[command(after_help = "Exit status: the command's own status; 128+N when it was killed by signal \
-    N; 126 / 127 when it is not executable / not found; 125 when cella itself failed.")]
+#[command(
+    after_help = "Exit status: the command's own status; 128+N when it was killed by signal \
+    N; 126 / 127 when it is not executable / not found; 125 when cella itself failed."
+)]
 pub struct ExecArgs {
     /// Name of the running sandbox
     name: String,

@@ -27,12 +27,17 @@ struct Inspected<'a> {
 
 /// Runs `cella inspect`.
 pub fn main(args: InspectArgs) -> u8 {
-    let inspected = runtime().block_on(async { cella::Cella::open().await?.inspect(&args.name).await });
+    let inspected =
+        runtime().block_on(async { cella::Cella::open().await?.inspect(&args.name).await });
     let (summary, runs) = match inspected {
         Ok(found) => found,
         Err(err) => return crate::fail(&err.into()),
     };
-    let doc = Inspected { summary: LsEntry::from_summary(&summary), config: &summary.sandbox.config, runs: &runs };
+    let doc = Inspected {
+        summary: LsEntry::from_summary(&summary),
+        config: &summary.sandbox.config,
+        runs: &runs,
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&doc).expect("inspect output serialises"));
         return 0;

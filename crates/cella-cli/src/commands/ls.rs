@@ -93,7 +93,8 @@ fn print_table(entries: &[LsEntry]) {
             ]
         })
         .collect();
-    let header = ["NAME", "STATUS", "ROOTFS", "CPUS", "MEMORY", "AGE", "LAST REASON"].map(String::from);
+    let header =
+        ["NAME", "STATUS", "ROOTFS", "CPUS", "MEMORY", "AGE", "LAST REASON"].map(String::from);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cella::SandboxBuilder;
-use cella_runtime::config::{parse_env, validate_cpus, BackendKind, DEFAULT_CPUS, DEFAULT_MEMORY_MIB};
+use cella_runtime::config::{
+    parse_env, validate_cpus, BackendKind, DEFAULT_CPUS, DEFAULT_MEMORY_MIB,
+};
 use clap::Args;
 
 /// How the sandbox's VM looks.

@@ -51,7 +51,8 @@ fn init_logging(home: &Home, name: &str) {
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }
-    let Ok(file) = OpenOptions::new().create(true).append(true).open(dir.join("runtime.log")) else {
+    let Ok(file) = OpenOptions::new().create(true).append(true).open(dir.join("runtime.log"))
+    else {
         return;
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")

@@ -195,7 +195,9 @@ pub fn decide(
         }
     };
     match requested {
-        BackendKind::Krun => Err(BackendError::Unavailable { backend: "krun", reason: unavailable }),
+        BackendKind::Krun => {
+            Err(BackendError::Unavailable { backend: "krun", reason: unavailable })
+        }
         _ => Ok(BackendKind::Qemu),
     }
 }
@@ -228,16 +230,27 @@ mod tests {
     use super::*;
 
     fn pvm() -> KvmSupport {
-        KvmSupport::Unusable("KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel".into())
+        KvmSupport::Unusable(
+            "KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel".into(),
+        )
     }
 
     #[test]
     fn auto_picks_krun_only_with_working_kvm_and_its_files() {
         let auto = BackendKind::Auto;
-        assert!(matches!(decide(auto, KrunInstall::Installed, &KvmSupport::Usable), Ok(BackendKind::Krun)));
+        assert!(matches!(
+            decide(auto, KrunInstall::Installed, &KvmSupport::Usable),
+            Ok(BackendKind::Krun)
+        ));
         assert!(matches!(decide(auto, KrunInstall::Installed, &pvm()), Ok(BackendKind::Qemu)));
-        assert!(matches!(decide(auto, KrunInstall::NoKernelLibrary, &KvmSupport::Usable), Ok(BackendKind::Qemu)));
-        assert!(matches!(decide(auto, KrunInstall::NoAgent, &KvmSupport::Usable), Ok(BackendKind::Qemu)));
+        assert!(matches!(
+            decide(auto, KrunInstall::NoKernelLibrary, &KvmSupport::Usable),
+            Ok(BackendKind::Qemu)
+        ));
+        assert!(matches!(
+            decide(auto, KrunInstall::NoAgent, &KvmSupport::Usable),
+            Ok(BackendKind::Qemu)
+        ));
     }
 
     #[test]
@@ -247,7 +260,8 @@ mod tests {
             err.to_string(),
             "the krun backend cannot run here: KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel"
         );
-        let err = decide(BackendKind::Krun, KrunInstall::NoKernelLibrary, &KvmSupport::Usable).unwrap_err();
+        let err = decide(BackendKind::Krun, KrunInstall::NoKernelLibrary, &KvmSupport::Usable)
+            .unwrap_err();
         assert!(err.to_string().contains("libkrunfw, its guest kernel, is not installed"), "{err}");
         assert!(err.to_string().contains("scripts/setup"), "{err}");
     }

@@ -36,7 +36,11 @@ pub fn probe_kvm() -> KvmSupport {
 }
 
 /// Decides from the probe's inputs; `create_vm` is only called when the cheap checks pass.
-fn classify(cpuinfo: &str, pvm_loaded: bool, create_vm: impl FnOnce() -> Result<(), String>) -> KvmSupport {
+fn classify(
+    cpuinfo: &str,
+    pvm_loaded: bool,
+    create_vm: impl FnOnce() -> Result<(), String>,
+) -> KvmSupport {
     let has_hw_virt = cpuinfo
         .lines()
         .filter(|l| l.starts_with("flags"))
@@ -113,7 +117,9 @@ mod tests {
         }
         assert_eq!(
             probe_kvm(),
-            KvmSupport::Unusable("KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel".into())
+            KvmSupport::Unusable(
+                "KVM is kvm-pvm, a paravirtual module that cannot run this guest kernel".into()
+            )
         );
     }
 }

@@ -105,7 +105,12 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, host_khz: Option<u64>) -> Vec<OsSt
     push(&["-M", &machine, "-cpu", cpu]);
     push(&["-m", &spec.memory_mib.to_string(), "-smp", &spec.cpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-    push(&["-kernel", &spec.kernel.to_string_lossy(), "-initrd", &spec.initramfs.to_string_lossy()]);
+    push(&[
+        "-kernel",
+        &spec.kernel.to_string_lossy(),
+        "-initrd",
+        &spec.initramfs.to_string_lossy(),
+    ]);
     push(&["-append", &kernel_cmdline(spec, accel, host_khz)]);
 
     let console = format!("file,id=con0,path={},append=on", qemu_escape(&spec.console_log));
@@ -176,7 +181,9 @@ pub async fn launch(spec: &VmSpec, accel: Accel) -> Result<LaunchedVm, BackendEr
     // QEMU connects once; nobody else may use the path afterwards.
     let _ = std::fs::remove_file(&spec.port_socket);
     match port {
-        Ok(port) => Ok(LaunchedVm { vm: Box::new(QemuVm { child }), port, accelerator: accel.name() }),
+        Ok(port) => {
+            Ok(LaunchedVm { vm: Box::new(QemuVm { child }), port, accelerator: accel.name() })
+        }
         Err(err) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -275,8 +282,10 @@ mod tests {
         assert!(!kernel_cmdline(&spec, Accel::Tcg, None).contains("cella.upper"));
         spec.upper_disk = Some("/s/upper.ext4".into());
         assert!(kernel_cmdline(&spec, Accel::Tcg, None).contains("cella.upper=blk:/dev/vda"));
-        let args: Vec<String> =
-            qemu_args(&spec, Accel::Tcg, None).into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<String> = qemu_args(&spec, Accel::Tcg, None)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         assert!(args.iter().any(|a| a.starts_with("file=/s/upper.ext4,")));
     }
 
@@ -288,8 +297,10 @@ mod tests {
 
     #[test]
     fn root_is_shared_read_only_and_commas_are_escaped() {
-        let args: Vec<String> =
-            qemu_args(&spec(), Accel::Tcg, None).into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<String> = qemu_args(&spec(), Accel::Tcg, None)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         let fsdev = args.iter().find(|a| a.starts_with("local,")).unwrap();
         assert!(fsdev.contains("path=/roots/a,,b"));
         assert!(fsdev.ends_with("readonly=on"));

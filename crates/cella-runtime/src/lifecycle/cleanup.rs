@@ -106,17 +106,10 @@ async fn remove(
     let dir = home.sandbox_dir(&sandbox.name);
     if let Err(source) = remove_dir(dir.clone()).await {
         db.release_cleanup_claim(sandbox.id, &token).await?;
-        return Err(LifecycleError::RemoveDir {
-            name: sandbox.name.clone(),
-            path: dir,
-            source,
-        });
+        return Err(LifecycleError::RemoveDir { name: sandbox.name.clone(), path: dir, source });
     }
 
-    if db
-        .delete_claimed_sandbox(sandbox.id, &token, ephemeral_only)
-        .await?
-    {
+    if db.delete_claimed_sandbox(sandbox.id, &token, ephemeral_only).await? {
         tracing::info!(sandbox = %sandbox.name, "removed sandbox");
         return Ok(CleanupOutcome::Removed);
     }
@@ -129,11 +122,7 @@ async fn remove(
 
 /// A run marked Running whose process is alive and is not the caller.
 fn has_live_run(summary: &SandboxSummary) -> bool {
-    let Some(run) = summary
-        .latest_run
-        .as_ref()
-        .filter(|r| r.status == RunStatus::Running)
-    else {
+    let Some(run) = summary.latest_run.as_ref().filter(|r| r.status == RunStatus::Running) else {
         return false;
     };
     let recorded = ProcessIdentity::from_run(run);

@@ -44,10 +44,7 @@ impl LauncherLock {
     /// Takes the exclusive lock on `path` without blocking, creating the file (0600) and its
     /// directory (0700) when missing. `None` when another open file holds it.
     pub fn try_acquire(path: &Path) -> Result<Option<Self>, LifecycleError> {
-        let lock_err = |source| LifecycleError::LauncherLock {
-            path: path.to_owned(),
-            source,
-        };
+        let lock_err = |source| LifecycleError::LauncherLock { path: path.to_owned(), source };
         if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
@@ -61,10 +58,7 @@ impl LauncherLock {
             .map_err(lock_err)?;
 
         match flock_exclusive_nonblocking(&file) {
-            Ok(true) => Ok(Some(Self {
-                file,
-                path: path.to_owned(),
-            })),
+            Ok(true) => Ok(Some(Self { file, path: path.to_owned() })),
             Ok(false) => Ok(None),
             Err(e) => Err(lock_err(e)),
         }
@@ -122,9 +116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run").join("web.lock");
 
-        let first = LauncherLock::try_acquire(&path)
-            .unwrap()
-            .expect("free lock");
+        let first = LauncherLock::try_acquire(&path).unwrap().expect("free lock");
         assert!(LauncherLock::try_acquire(&path).unwrap().is_none());
 
         drop(first);
@@ -136,13 +128,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let home = Home::at(dir.path().join("home"));
-        let _lock = LauncherLock::try_acquire_for(&home, "web")
-            .unwrap()
-            .unwrap();
-        let mode = std::fs::metadata(home.run_dir())
-            .unwrap()
-            .permissions()
-            .mode();
+        let _lock = LauncherLock::try_acquire_for(&home, "web").unwrap().unwrap();
+        let mode = std::fs::metadata(home.run_dir()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 }

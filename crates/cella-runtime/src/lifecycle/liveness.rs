@@ -140,40 +140,24 @@ impl ProcessIdentity {
 
     /// The identity of process `pid` as `source` reports it.
     pub fn read_from(source: &impl ProcSource, pid: i32) -> Result<Self, LivenessError> {
-        let line = source
-            .stat(pid)
-            .map_err(|source| LivenessError::ReadStat { pid, source })?;
+        let line = source.stat(pid).map_err(|source| LivenessError::ReadStat { pid, source })?;
         let stat =
             parse_stat(&line).map_err(|reason| LivenessError::MalformedStat { pid, reason })?;
-        let boot_id = source
-            .boot_id()
-            .map_err(|source| LivenessError::ReadBootId {
-                path: Path::new(BOOT_ID_PATH).into(),
-                source,
-            })?;
-        Ok(Self {
-            pid,
-            start_time: stat.start_time,
-            boot_id,
-        })
+        let boot_id = source.boot_id().map_err(|source| LivenessError::ReadBootId {
+            path: Path::new(BOOT_ID_PATH).into(),
+            source,
+        })?;
+        Ok(Self { pid, start_time: stat.start_time, boot_id })
     }
 
     /// The identity recorded in a run row.
     pub fn from_run(run: &RunRow) -> Self {
-        Self {
-            pid: run.pid,
-            start_time: run.pid_start_time,
-            boot_id: run.boot_id.clone(),
-        }
+        Self { pid: run.pid, start_time: run.pid_start_time, boot_id: run.boot_id.clone() }
     }
 
     /// The run row fields that record this identity.
     pub fn to_new_run(&self) -> NewRun {
-        NewRun {
-            pid: self.pid,
-            pid_start_time: self.start_time,
-            boot_id: self.boot_id.clone(),
-        }
+        NewRun { pid: self.pid, pid_start_time: self.start_time, boot_id: self.boot_id.clone() }
     }
 }
 
@@ -278,9 +262,7 @@ mod tests {
 
     impl ProcSource for FakeProc {
         fn stat(&self, _pid: i32) -> io::Result<String> {
-            self.stat
-                .clone()
-                .ok_or_else(|| io::Error::from(self.stat_error))
+            self.stat.clone().ok_or_else(|| io::Error::from(self.stat_error))
         }
         fn boot_id(&self) -> io::Result<String> {
             Ok(self.boot_id.to_owned())
@@ -291,32 +273,14 @@ mod tests {
     }
 
     fn recorded(start: u64) -> ProcessIdentity {
-        ProcessIdentity {
-            pid: 42,
-            start_time: start,
-            boot_id: "boot-a".to_owned(),
-        }
+        ProcessIdentity { pid: 42, start_time: start, boot_id: "boot-a".to_owned() }
     }
 
     #[test]
     fn parse_stat_reads_fields_after_the_last_paren() {
-        for comm in [
-            "sleep",
-            "a b",
-            "x) S 1 2 (y",
-            ") (",
-            "((",
-            "cella sandbox (web) ) R",
-        ] {
+        for comm in ["sleep", "a b", "x) S 1 2 (y", ") (", "((", "cella sandbox (web) ) R"] {
             let fields = parse_stat(&stat_line(7, comm, 'S', 123456)).unwrap();
-            assert_eq!(
-                fields,
-                StatFields {
-                    state: 'S',
-                    start_time: 123456
-                },
-                "comm {comm:?}"
-            );
+            assert_eq!(fields, StatFields { state: 'S', start_time: 123456 }, "comm {comm:?}");
         }
     }
 
@@ -338,20 +302,14 @@ mod tests {
     #[test]
     fn reused_pid_with_other_start_time_is_dead() {
         let proc = FakeProc::running("bash", 'S', 999);
-        assert_eq!(
-            check_liveness(&proc, &recorded(500)),
-            Liveness::Dead(DeathReason::PidReused)
-        );
+        assert_eq!(check_liveness(&proc, &recorded(500)), Liveness::Dead(DeathReason::PidReused));
     }
 
     #[test]
     fn zombie_and_dead_states_are_dead() {
         for state in ['Z', 'X'] {
             let proc = FakeProc::running("defunct) Z (", state, 500);
-            assert_eq!(
-                check_liveness(&proc, &recorded(500)),
-                Liveness::Dead(DeathReason::Zombie)
-            );
+            assert_eq!(check_liveness(&proc, &recorded(500)), Liveness::Dead(DeathReason::Zombie));
         }
     }
 
@@ -359,10 +317,7 @@ mod tests {
     fn other_boot_id_is_dead_even_with_matching_start_time() {
         let mut proc = FakeProc::running("x", 'S', 500);
         proc.boot_id = "boot-b";
-        assert_eq!(
-            check_liveness(&proc, &recorded(500)),
-            Liveness::Dead(DeathReason::OtherBoot)
-        );
+        assert_eq!(check_liveness(&proc, &recorded(500)), Liveness::Dead(DeathReason::OtherBoot));
     }
 
     #[test]
@@ -380,10 +335,7 @@ mod tests {
         let mut proc = FakeProc::running("x", 'S', 500);
         proc.probe = SignalProbe::PermissionDenied;
         assert_eq!(check_liveness(&proc, &recorded(500)), Liveness::Alive);
-        assert_eq!(
-            check_liveness(&proc, &recorded(501)),
-            Liveness::Dead(DeathReason::PidReused)
-        );
+        assert_eq!(check_liveness(&proc, &recorded(501)), Liveness::Dead(DeathReason::PidReused));
 
         proc.stat = None;
         proc.stat_error = io::ErrorKind::PermissionDenied;
@@ -409,10 +361,7 @@ mod tests {
         let mut id = recorded(500);
         for pid in [0, -1] {
             id.pid = pid;
-            assert_eq!(
-                check_liveness(&proc, &id),
-                Liveness::Dead(DeathReason::InvalidPid)
-            );
+            assert_eq!(check_liveness(&proc, &id), Liveness::Dead(DeathReason::InvalidPid));
         }
     }
 

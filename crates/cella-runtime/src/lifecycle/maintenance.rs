@@ -131,10 +131,7 @@ async fn acquire(db: &Db) -> Result<LeaseGrant, SkipReason> {
         }
     }
 
-    match db
-        .try_acquire_lease(name, now, LEASE_DURATION, MIN_SWEEP_INTERVAL)
-        .await
-    {
+    match db.try_acquire_lease(name, now, LEASE_DURATION, MIN_SWEEP_INTERVAL).await {
         Ok(Some(grant)) => Ok(grant),
         Ok(None) => Err(SkipReason::LostRace),
         Err(e) => {
@@ -208,10 +205,7 @@ async fn select(
     statuses: &[SandboxStatus],
     report: &mut SweepReport,
 ) -> Option<Vec<SandboxSummary>> {
-    match db
-        .sandboxes_in_status(ephemeral, statuses, MAX_ROWS_PER_PHASE)
-        .await
-    {
+    match db.sandboxes_in_status(ephemeral, statuses, MAX_ROWS_PER_PHASE).await {
         Ok(rows) => Some(rows),
         Err(e) => {
             report.errors += 1;

@@ -51,20 +51,14 @@ pub enum ReconcileOutcome {
 impl ReconcileOutcome {
     /// True when this call changed the database.
     pub fn changed(self) -> bool {
-        matches!(
-            self,
-            Self::MarkedCrashed | Self::MarkedStopped | Self::ClosedStaleRun
-        )
+        matches!(self, Self::MarkedCrashed | Self::MarkedStopped | Self::ClosedStaleRun)
     }
 }
 
 /// True when the summary could be stale: an active status or a run still marked Running.
 pub fn needs_reconcile(summary: &SandboxSummary) -> bool {
     summary.sandbox.status.is_active()
-        || summary
-            .latest_run
-            .as_ref()
-            .is_some_and(|r| r.status == RunStatus::Running)
+        || summary.latest_run.as_ref().is_some_and(|r| r.status == RunStatus::Running)
 }
 
 /// Reads one sandbox and reconciles it.
@@ -101,11 +95,7 @@ pub async fn reconcile_summary(
     summary: &SandboxSummary,
 ) -> Result<ReconcileOutcome, LifecycleError> {
     let status = summary.sandbox.status;
-    match summary
-        .latest_run
-        .as_ref()
-        .filter(|r| r.status == RunStatus::Running)
-    {
+    match summary.latest_run.as_ref().filter(|r| r.status == RunStatus::Running) {
         Some(run) => match check_liveness(&HostProc, &ProcessIdentity::from_run(run)) {
             Liveness::Alive => Ok(ReconcileOutcome::Alive),
             Liveness::Dead(why) => {
@@ -153,9 +143,7 @@ async fn close_dead_run(
         });
     }
 
-    let finish = db
-        .finish_run_and_set_status(run.id, &end, to, &[sandbox.status])
-        .await?;
+    let finish = db.finish_run_and_set_status(run.id, &end, to, &[sandbox.status]).await?;
     if finish.status_changed {
         tracing::info!(sandbox = %sandbox.name, pid = run.pid, from = %sandbox.status, %to,
             "sandbox process is gone; recorded its end");
@@ -176,9 +164,8 @@ async fn fail_if_launcher_gone(
 
     // Holding the lock: no launcher and no sandbox process of this sandbox is alive.
     let (to, _) = dead_transition(sandbox.status);
-    let changed = db
-        .set_sandbox_status_without_active_run(sandbox.id, to, &[sandbox.status])
-        .await?;
+    let changed =
+        db.set_sandbox_status_without_active_run(sandbox.id, to, &[sandbox.status]).await?;
     if !changed {
         return Ok(ReconcileOutcome::LostRace);
     }

@@ -58,7 +58,9 @@ pub enum BootError {
         tail: String,
     },
     /// The VM ended before the agent answered.
-    #[error("guest stopped during boot before its agent answered; console log {log} ends with:\n{tail}")]
+    #[error(
+        "guest stopped during boot before its agent answered; console log {log} ends with:\n{tail}"
+    )]
     VmExited {
         /// The console log.
         log: PathBuf,
@@ -77,7 +79,9 @@ pub enum BootError {
         source: std::io::Error,
     },
     /// The persistent upper-layer disk could not be created.
-    #[error("cannot create the sandbox disk {path} (mkfs.ext4 from e2fsprogs is required): {detail}")]
+    #[error(
+        "cannot create the sandbox disk {path} (mkfs.ext4 from e2fsprogs is required): {detail}"
+    )]
     UpperDisk {
         /// The disk image.
         path: PathBuf,
@@ -159,7 +163,12 @@ pub async fn boot(home: &Home, config: &SandboxConfig, host: &Host) -> Result<Bo
 /// What the guest should look like: the config's resources, the installed kernel, the
 /// sandbox's files. The sandbox's environment and working directory are not part of it: the
 /// client sends them with every exec request, on either backend.
-fn vm_spec(home: &Home, config: &SandboxConfig, assets: &BootAssets, upper_disk: Option<PathBuf>) -> VmSpec {
+fn vm_spec(
+    home: &Home,
+    config: &SandboxConfig,
+    assets: &BootAssets,
+    upper_disk: Option<PathBuf>,
+) -> VmSpec {
     let logs = home.sandbox_dir(&config.name).join("logs");
     VmSpec {
         name: config.name.clone(),
@@ -306,7 +315,10 @@ mod tests {
     fn env_and_workdir_never_reach_the_kernel_command_line_on_either_backend() {
         let home = Home::at("/h");
         let spec = vm_spec(&home, &config(), &assets(), None);
-        let files = KrunAssets { krunfw: "/k/krun/libkrunfw.so.5.6.1".into(), agent: "/k/cella-agent".into() };
+        let files = KrunAssets {
+            krunfw: "/k/krun/libkrunfw.so.5.6.1".into(),
+            agent: "/k/cella-agent".into(),
+        };
         let krun = format!("{:?}", krun_config(&spec, &files, &home.krun_boot_dir("web")));
         let qemu = qemu::kernel_cmdline(&spec, Accel::Tcg, Some(2_000_000));
         for boot_text in [krun, qemu] {
@@ -318,7 +330,10 @@ mod tests {
     #[tokio::test]
     async fn krun_in_a_process_without_a_vmm_thread_is_refused() {
         let spec = vm_spec(&Home::at("/h"), &config(), &assets(), None);
-        let err = launch(&Home::at("/h"), BackendKind::Krun, &spec, &assets(), &Host::Child).await.err().unwrap();
+        let err = launch(&Home::at("/h"), BackendKind::Krun, &spec, &assets(), &Host::Child)
+            .await
+            .err()
+            .unwrap();
         assert!(matches!(err, BootError::Backend(BackendError::VmmThreadGone)), "{err}");
     }
 }

@@ -99,7 +99,12 @@ impl Prepared {
 /// Runs a prepared sandbox to completion, booting its VM on `host`. Returns the process's exit
 /// status: 0 when the run ended in an orderly way, 1 otherwise. The sandbox process starts
 /// through [`process::main`], which prepares the sandbox and picks the host.
-pub async fn run_prepared(home: Home, prepared: Prepared, mut reporter: ReadyReporter, host: Host) -> i32 {
+pub async fn run_prepared(
+    home: Home,
+    prepared: Prepared,
+    mut reporter: ReadyReporter,
+    host: Host,
+) -> i32 {
     let Prepared { config, record } = prepared;
     let maintenance = {
         let (db, home) = (record.db().clone(), home.clone());
@@ -109,7 +114,11 @@ pub async fn run_prepared(home: Home, prepared: Prepared, mut reporter: ReadyRep
         Ok(t) => {
             tracing::info!(sandbox = %config.name, reason = %t.reason, clean = t.clean, detail = %t.detail, "sandbox stopped");
             record.finish(&t).await;
-            if t.clean { 0 } else { 1 }
+            if t.clean {
+                0
+            } else {
+                1
+            }
         }
         Err(err) => {
             let line = error_line(&err);
@@ -179,7 +188,9 @@ async fn teardown(home: &Home, config: &SandboxConfig, db: &Db) {
     if config.ephemeral {
         match crate::lifecycle::cleanup_sandbox(db, home, config.name.as_str()).await {
             Ok(outcome) => tracing::debug!(sandbox = %config.name, ?outcome, "ephemeral cleanup"),
-            Err(e) => tracing::warn!(sandbox = %config.name, error = %e, "ephemeral cleanup failed; the next sweep retries"),
+            Err(e) => {
+                tracing::warn!(sandbox = %config.name, error = %e, "ephemeral cleanup failed; the next sweep retries")
+            }
         }
     }
 }

@@ -62,9 +62,7 @@ pub fn main(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
     let prepared = match runtime.block_on(prepare(&home, name)) {
         Ok(prepared) => prepared,
         Err(err) => {
-            reporter.report(&ReadyReport::Failed {
-                error: error_line(&err),
-            });
+            reporter.report(&ReadyReport::Failed { error: error_line(&err) });
             runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
             return 1;
         }
@@ -78,10 +76,7 @@ pub fn main(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
 }
 
 fn build_runtime() -> std::io::Result<Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(RUNTIME_WORKERS)
-        .enable_all()
-        .build()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(RUNTIME_WORKERS).enable_all().build()
 }
 
 /// Whether this sandbox will boot on krun. Errors (missing assets, krun unavailable) answer
@@ -90,10 +85,7 @@ fn boots_on_krun(home: &Home, config: &SandboxConfig) -> bool {
     let Ok(assets) = BootAssets::load(&home.kernel_dir()) else {
         return false;
     };
-    matches!(
-        backend::select(config.backend, assets.krun_install()),
-        Ok(BackendKind::Krun)
-    )
+    matches!(backend::select(config.backend, assets.krun_install()), Ok(BackendKind::Krun))
 }
 
 /// The krun model: runtime on a second thread, VMM on this one.
@@ -101,24 +93,18 @@ fn run_krun(runtime: Runtime, home: Home, prepared: Prepared, reporter: ReadyRep
     let (thread, main): (VmmThread, MainThread) = krun::vmm_thread();
     let closer = thread.clone();
     let (status_tx, status_rx) = mpsc::channel();
-    let spawned = std::thread::Builder::new()
-        .name(RUNTIME_THREAD.into())
-        .spawn(move || {
-            let status = runtime.block_on(run_prepared(
-                home,
-                prepared,
-                reporter,
-                Host::InProcess(thread),
-            ));
-            // The exit observer may be waiting for this to end the process.
-            let _ = status_tx.send(status);
-            // Normally the VM is gone by now; this ends one whose handle the runtime lost, and
-            // (dropping the last VmmThread) lets the main thread return when none ran.
-            closer.close();
-            drop(closer);
-            runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
-            status
-        });
+    let spawned = std::thread::Builder::new().name(RUNTIME_THREAD.into()).spawn(move || {
+        let status =
+            runtime.block_on(run_prepared(home, prepared, reporter, Host::InProcess(thread)));
+        // The exit observer may be waiting for this to end the process.
+        let _ = status_tx.send(status);
+        // Normally the VM is gone by now; this ends one whose handle the runtime lost, and
+        // (dropping the last VmmThread) lets the main thread return when none ran.
+        closer.close();
+        drop(closer);
+        runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+        status
+    });
     let worker = match spawned {
         Ok(worker) => worker,
         Err(err) => {

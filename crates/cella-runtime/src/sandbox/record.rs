@@ -40,7 +40,13 @@ impl RunRecord {
 
     /// Marks the sandbox Running (only while it is still Starting).
     pub async fn running(&self) -> Result<bool, DbError> {
-        self.db.set_sandbox_status(self.name.as_str(), SandboxStatus::Running, &[SandboxStatus::Starting]).await
+        self.db
+            .set_sandbox_status(
+                self.name.as_str(),
+                SandboxStatus::Running,
+                &[SandboxStatus::Starting],
+            )
+            .await
     }
 
     /// Records a boot that failed: run Failed, sandbox Crashed.
@@ -56,7 +62,8 @@ impl RunRecord {
             self.db.find_sandbox(self.name.as_str()).await,
             Ok(Some(row)) if row.status == SandboxStatus::Draining
         );
-        let reason = if draining { TerminationReason::ShutdownRequested } else { termination.reason };
+        let reason =
+            if draining { TerminationReason::ShutdownRequested } else { termination.reason };
         let (exit_code, exit_signal) = match termination.vm_exit {
             Some(VmExit::Exited(code)) => (Some(code), None),
             Some(VmExit::Signaled(signal)) => (None, Some(signal)),
@@ -74,7 +81,9 @@ impl RunRecord {
                 tracing::warn!(sandbox = %self.name, run = self.run_id, "run was already closed by a reconciler");
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(sandbox = %self.name, run = self.run_id, error = %e, "cannot record the end of the run"),
+            Err(e) => {
+                tracing::error!(sandbox = %self.name, run = self.run_id, error = %e, "cannot record the end of the run")
+            }
         }
     }
 }

@@ -63,14 +63,18 @@ pub async fn supervise(
     listener: UnixListener,
     signals: &mut Signals,
 ) -> Termination {
-    let trigger = wait_for_trigger(config, vm.as_mut(), &relay, &mut watch, &listener, signals).await;
+    let trigger =
+        wait_for_trigger(config, vm.as_mut(), &relay, &mut watch, &listener, signals).await;
     drop(listener);
     match trigger {
         // A guest that powers off right after its goodbye (krun does so within microseconds)
         // can be seen exiting before the goodbye event is read: the relay's flag decides.
-        Trigger::VmExited(exit) if relay.goodbye_seen() => {
-            Termination { reason: TerminationReason::Completed, clean: true, detail: String::new(), vm_exit: exit.ok() }
-        }
+        Trigger::VmExited(exit) if relay.goodbye_seen() => Termination {
+            reason: TerminationReason::Completed,
+            clean: true,
+            detail: String::new(),
+            vm_exit: exit.ok(),
+        },
         Trigger::VmExited(exit) => {
             let exit = exit.ok();
             let detail = format!("VM exited on its own ({exit:?}) without the agent's goodbye");
@@ -134,7 +138,10 @@ fn check_timers(config: &SandboxConfig, started: Instant, watch: &RelayWatch) ->
     let now = Instant::now();
     if let Some(max) = config.max_duration() {
         if now.duration_since(started) >= max {
-            return Some(Trigger::Stop(TerminationReason::MaxDurationExceeded, format!("ran for {max:?}")));
+            return Some(Trigger::Stop(
+                TerminationReason::MaxDurationExceeded,
+                format!("ran for {max:?}"),
+            ));
         }
     }
     let activity = *watch.activity.borrow();
@@ -144,17 +151,26 @@ fn check_timers(config: &SandboxConfig, started: Instant, watch: &RelayWatch) ->
             return Some(Trigger::Stop(TerminationReason::Completed, "client detached".into()));
         }
         if config.stop_when_detached && now.duration_since(started) >= ATTACH_TIMEOUT {
-            return Some(Trigger::Stop(TerminationReason::Failed, "launching client never attached".into()));
+            return Some(Trigger::Stop(
+                TerminationReason::Failed,
+                "launching client never attached".into(),
+            ));
         }
         if let Some(idle) = config.idle_timeout() {
             if now.duration_since(idle_since) >= idle {
-                return Some(Trigger::Stop(TerminationReason::IdleTimeout, format!("idle for {idle:?}")));
+                return Some(Trigger::Stop(
+                    TerminationReason::IdleTimeout,
+                    format!("idle for {idle:?}"),
+                ));
             }
         }
     }
     let last_heartbeat = *watch.heartbeat.borrow();
     if now.duration_since(last_heartbeat) >= HEARTBEAT_TIMEOUT {
-        return Some(Trigger::Kill(TerminationReason::AgentUnresponsive, format!("no heartbeat for {HEARTBEAT_TIMEOUT:?}")));
+        return Some(Trigger::Kill(
+            TerminationReason::AgentUnresponsive,
+            format!("no heartbeat for {HEARTBEAT_TIMEOUT:?}"),
+        ));
     }
     None
 }
@@ -176,7 +192,12 @@ async fn wait_goodbye(watch: &mut RelayWatch, limit: Duration) -> bool {
 }
 
 /// Waits a bounded time for the VM to exit, kills it if it does not, and builds the result.
-async fn finish(mut vm: Box<dyn RunningVm>, reason: TerminationReason, detail: String, clean: bool) -> Termination {
+async fn finish(
+    mut vm: Box<dyn RunningVm>,
+    reason: TerminationReason,
+    detail: String,
+    clean: bool,
+) -> Termination {
     let exit = match tokio::time::timeout(SHUTDOWN_TIMEOUT, vm.wait()).await {
         Ok(exit) => exit.ok(),
         Err(_) => {

@@ -57,16 +57,10 @@ pub fn prepare(dir: &Path, agent: &Path) -> Result<(), BootDirError> {
     }
 
     let target = dir.join(INIT_PATH.trim_start_matches('/'));
-    let agent_err = |source| BootDirError::Agent {
-        agent: agent.to_path_buf(),
-        path: target.clone(),
-        source,
-    };
+    let agent_err =
+        |source| BootDirError::Agent { agent: agent.to_path_buf(), path: target.clone(), source };
     if std::fs::hard_link(agent, &target).is_ok() {
-        let mode = std::fs::metadata(&target)
-            .map_err(agent_err)?
-            .permissions()
-            .mode();
+        let mode = std::fs::metadata(&target).map_err(agent_err)?.permissions().mode();
         if mode & 0o555 == 0o555 {
             return Ok(());
         }
@@ -98,10 +92,8 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        let mut expected: Vec<String> = BOOT_DIR_MOUNT_POINTS
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut expected: Vec<String> =
+            BOOT_DIR_MOUNT_POINTS.iter().map(|s| s.to_string()).collect();
         expected.push("cella-agent".into());
         expected.sort();
         assert_eq!(names, expected);
@@ -110,16 +102,9 @@ mod tests {
         }
         let init = dir.join("cella-agent");
         assert_eq!(std::fs::read(&init).unwrap(), b"\x7fELF agent");
-        assert_eq!(
-            std::fs::metadata(&init).unwrap().permissions().mode() & 0o777,
-            0o755
-        );
+        assert_eq!(std::fs::metadata(&init).unwrap().permissions().mode() & 0o777, 0o755);
         let installed = std::fs::metadata(&agent).unwrap().permissions().mode();
-        assert_eq!(
-            installed & 0o777,
-            0o644,
-            "the installed agent's mode was changed"
-        );
+        assert_eq!(installed & 0o777, 0o644, "the installed agent's mode was changed");
     }
 
     #[test]

@@ -93,10 +93,8 @@ pub fn krun_config(spec: &VmSpec, assets: &KrunAssets, boot_dir: &Path) -> KrunC
 
 /// The `cella.*` parameters for the agent (see `cella-agent`'s `cmdline.rs`).
 pub fn kernel_params(spec: &VmSpec) -> Vec<String> {
-    let mut params = vec![
-        format!("cella.root=virtiofs:{ROOT_TAG}"),
-        format!("cella.hostname={}", spec.name),
-    ];
+    let mut params =
+        vec![format!("cella.root=virtiofs:{ROOT_TAG}"), format!("cella.hostname={}", spec.name)];
     if spec.upper_disk.is_some() {
         params.push(format!("cella.upper=blk:{UPPER_DISK_DEVICE}"));
     }
@@ -123,10 +121,7 @@ mod tests {
     }
 
     fn assets() -> KrunAssets {
-        KrunAssets {
-            krunfw: "/k/krun/libkrunfw.so.5.6.1".into(),
-            agent: "/k/cella-agent".into(),
-        }
+        KrunAssets { krunfw: "/k/krun/libkrunfw.so.5.6.1".into(), agent: "/k/cella-agent".into() }
     }
 
     #[test]
@@ -154,10 +149,7 @@ mod tests {
     #[test]
     fn agent_parameters_ride_the_appended_command_line() {
         let config = krun_config(&spec(), &assets(), Path::new("/b"));
-        assert_eq!(
-            config.cmdline,
-            vec!["cella.root=virtiofs:rootfs", "cella.hostname=box-1"]
-        );
+        assert_eq!(config.cmdline, vec!["cella.root=virtiofs:rootfs", "cella.hostname=box-1"]);
         assert_eq!(config.upper_disk, None);
     }
 
@@ -166,25 +158,14 @@ mod tests {
         let mut spec = spec();
         spec.upper_disk = Some("/s/box-1/upper.ext4".into());
         let config = krun_config(&spec, &assets(), Path::new("/b"));
-        assert_eq!(
-            config.upper_disk.as_deref(),
-            Some(Path::new("/s/box-1/upper.ext4"))
-        );
-        assert!(config
-            .cmdline
-            .contains(&"cella.upper=blk:/dev/vda".to_string()));
+        assert_eq!(config.upper_disk.as_deref(), Some(Path::new("/s/box-1/upper.ext4")));
+        assert!(config.cmdline.contains(&"cella.upper=blk:/dev/vda".to_string()));
     }
 
     #[test]
     fn qemu_only_inputs_are_not_used() {
         let config = format!("{:?}", krun_config(&spec(), &assets(), Path::new("/b")));
-        assert!(
-            !config.contains("vmlinux") && !config.contains("initramfs"),
-            "{config}"
-        );
-        assert!(
-            !config.contains(".port"),
-            "krun connects the port in-process: {config}"
-        );
+        assert!(!config.contains("vmlinux") && !config.contains("initramfs"), "{config}");
+        assert!(!config.contains(".port"), "krun connects the port in-process: {config}");
     }
 }

@@ -53,9 +53,7 @@ pub async fn launch(
     let _ = std::fs::write(&spec.vmm_log, VMM_LOG_NOTE);
     let (host_end, guest_end) =
         StdUnixStream::pair().map_err(|source| BackendError::PortPair { source })?;
-    host_end
-        .set_nonblocking(true)
-        .map_err(|source| BackendError::PortPair { source })?;
+    host_end.set_nonblocking(true).map_err(|source| BackendError::PortPair { source })?;
     let port =
         UnixStream::from_std(host_end).map_err(|source| BackendError::PortPair { source })?;
 
@@ -67,16 +65,10 @@ pub async fn launch(
         ended: ended_tx,
         built: built_tx,
     };
-    thread
-        .request(request)
-        .map_err(|_| BackendError::VmmThreadGone)?;
+    thread.request(request).map_err(|_| BackendError::VmmThreadGone)?;
     let exit = built.await.map_err(|_| BackendError::VmmThreadGone)??;
     tracing::debug!(sandbox = %spec.name, "krun VM built; the main thread enters it");
-    Ok(LaunchedVm {
-        vm: Box::new(KrunVm { exit, ended }),
-        port,
-        accelerator: ACCELERATOR,
-    })
+    Ok(LaunchedVm { vm: Box::new(KrunVm { exit, ended }), port, accelerator: ACCELERATOR })
 }
 
 /// A VM running on the main thread.
@@ -101,9 +93,7 @@ impl RunningVm for KrunVm {
             match end {
                 Some(Ok(exit)) => Ok(exit),
                 Some(Err(why)) => Err(std::io::Error::other(why)),
-                None => Err(std::io::Error::other(
-                    "the VMM thread ended without reporting",
-                )),
+                None => Err(std::io::Error::other("the VMM thread ended without reporting")),
             }
         })
     }
@@ -142,10 +132,7 @@ mod tests {
 
     fn assets(dir: &Path) -> KrunAssets {
         std::fs::write(dir.join("agent"), b"agent").unwrap();
-        KrunAssets {
-            krunfw: dir.join("libkrunfw.so"),
-            agent: dir.join("agent"),
-        }
+        KrunAssets { krunfw: dir.join("libkrunfw.so"), agent: dir.join("agent") }
     }
 
     #[tokio::test]
@@ -153,15 +140,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (thread, main) = vmm_thread();
         drop(main);
-        let err = launch(
-            &spec(tmp.path()),
-            &assets(tmp.path()),
-            &tmp.path().join("boot"),
-            &thread,
-        )
-        .await
-        .err()
-        .expect("no main thread");
+        let err = launch(&spec(tmp.path()), &assets(tmp.path()), &tmp.path().join("boot"), &thread)
+            .await
+            .err()
+            .expect("no main thread");
         assert!(matches!(err, BackendError::VmmThreadGone), "{err}");
     }
 
@@ -171,15 +153,10 @@ mod tests {
         let (thread, main) = vmm_thread();
         thread.close();
         let server = std::thread::spawn(move || main.serve(std::sync::mpsc::channel().1));
-        let err = launch(
-            &spec(tmp.path()),
-            &assets(tmp.path()),
-            &tmp.path().join("boot"),
-            &thread,
-        )
-        .await
-        .err()
-        .expect("a closed VMM thread must refuse");
+        let err = launch(&spec(tmp.path()), &assets(tmp.path()), &tmp.path().join("boot"), &thread)
+            .await
+            .err()
+            .expect("a closed VMM thread must refuse");
         assert!(matches!(err, BackendError::VmmThreadGone), "{err}");
         drop(thread);
         server.join().unwrap();
@@ -192,21 +169,13 @@ mod tests {
         let server = std::thread::spawn(move || main.serve(std::sync::mpsc::channel().1));
         let mut spec = spec(tmp.path());
         spec.rootfs = tmp.path().join("no-such-root");
-        let err = launch(
-            &spec,
-            &assets(tmp.path()),
-            &tmp.path().join("boot"),
-            &thread,
-        )
-        .await
-        .err()
-        .expect("unbuildable VM");
+        let err = launch(&spec, &assets(tmp.path()), &tmp.path().join("boot"), &thread)
+            .await
+            .err()
+            .expect("unbuildable VM");
         assert!(err.to_string().contains("no-such-root"), "{err}");
         drop(thread);
         server.join().unwrap();
-        assert!(
-            tmp.path().join("boot/cella-agent").is_file(),
-            "boot directory was not built"
-        );
+        assert!(tmp.path().join("boot/cella-agent").is_file(), "boot directory was not built");
     }
 }

@@ -78,14 +78,11 @@ pub struct ReadOnlyFs {
 impl ReadOnlyFs {
     /// Shares `dir` read-only.
     pub fn new(dir: &Path) -> Result<Self, ReadOnlyFsError> {
-        let root = dir.to_str().ok_or_else(|| ReadOnlyFsError::NotUtf8 {
-            path: dir.to_path_buf(),
-        })?;
+        let root =
+            dir.to_str().ok_or_else(|| ReadOnlyFsError::NotUtf8 { path: dir.to_path_buf() })?;
         // The passthrough opens its root only when the guest mounts it; fail here instead.
         if !std::fs::metadata(dir).is_ok_and(|m| m.is_dir()) {
-            return Err(ReadOnlyFsError::NotADirectory {
-                path: dir.to_path_buf(),
-            });
+            return Err(ReadOnlyFsError::NotADirectory { path: dir.to_path_buf() });
         }
         let config = Config {
             root_dir: root.to_owned(),
@@ -96,14 +93,9 @@ impl ReadOnlyFs {
             xattr: true,
             ..Config::default()
         };
-        let inner = PassthroughFs::new(config).map_err(|source| ReadOnlyFsError::Passthrough {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        Ok(Self {
-            inner,
-            umask: current_umask(),
-        })
+        let inner = PassthroughFs::new(config)
+            .map_err(|source| ReadOnlyFsError::Passthrough { path: dir.to_path_buf(), source })?;
+        Ok(Self { inner, umask: current_umask() })
     }
 }
 
@@ -220,16 +212,7 @@ impl DynFileSystem for ReadOnlyFs {
         lock_owner: Option<u64>,
         flags: u32,
     ) -> io::Result<usize> {
-        self.inner.read(
-            ctx,
-            inode,
-            handle,
-            Writer(w),
-            size,
-            offset,
-            lock_owner,
-            flags,
-        )
+        self.inner.read(ctx, inode, handle, Writer(w), size, offset, lock_owner, flags)
     }
 
     fn flush(&self, ctx: Context, inode: u64, handle: u64, lock_owner: u64) -> io::Result<()> {
@@ -250,8 +233,7 @@ impl DynFileSystem for ReadOnlyFs {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        self.inner.release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
     }
 
     fn statfs(&self, ctx: Context, inode: u64) -> io::Result<statvfs64> {
@@ -292,8 +274,7 @@ impl DynFileSystem for ReadOnlyFs {
         offset: u64,
         add_entry: &mut AddDirEntry<'_>,
     ) -> io::Result<()> {
-        self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+        self.inner.readdir(ctx, inode, handle, size, offset, add_entry)
     }
 
     fn readdirplus_for_each(
@@ -305,10 +286,7 @@ impl DynFileSystem for ReadOnlyFs {
         offset: u64,
         add_entry: &mut AddDirEntryPlus<'_>,
     ) -> io::Result<()> {
-        self.inner
-            .readdirplus(ctx, inode, handle, size, offset, |dir, entry| {
-                add_entry(dir, entry)
-            })
+        self.inner.readdirplus(ctx, inode, handle, size, offset, |dir, entry| add_entry(dir, entry))
     }
 
     fn fsyncdir(
@@ -545,11 +523,7 @@ mod tests {
     const ROOT: u64 = 1;
 
     fn ctx() -> Context {
-        Context {
-            uid: 0,
-            gid: 0,
-            pid: 0,
-        }
+        Context { uid: 0, gid: 0, pid: 0 }
     }
 
     fn name(text: &str) -> CString {
@@ -575,11 +549,8 @@ mod tests {
         let (_dir, fs) = share();
         let entry = fs.lookup(ctx(), ROOT, &name("file")).unwrap();
         assert_eq!(entry.attr.st_size, 7);
-        let (handle, _) = fs
-            .open(ctx(), entry.inode, false, libc::O_RDONLY as u32)
-            .unwrap();
-        fs.release(ctx(), entry.inode, 0, handle.unwrap(), false, false, None)
-            .unwrap();
+        let (handle, _) = fs.open(ctx(), entry.inode, false, libc::O_RDONLY as u32).unwrap();
+        fs.release(ctx(), entry.inode, 0, handle.unwrap(), false, false, None).unwrap();
         assert!(fs.lookup(ctx(), ROOT, &name("sub")).is_ok());
         fs.access(ctx(), entry.inode, libc::R_OK as u32).unwrap();
     }
@@ -590,52 +561,28 @@ mod tests {
         let file = fs.lookup(ctx(), ROOT, &name("file")).unwrap().inode;
         let rofs = |r: io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
 
-        for flags in [
-            libc::O_WRONLY,
-            libc::O_RDWR,
-            libc::O_RDONLY | libc::O_TRUNC,
-            libc::O_APPEND,
-        ] {
+        for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC, libc::O_APPEND]
+        {
             rofs(fs.open(ctx(), file, false, flags as u32).map(drop));
         }
         rofs(fs.access(ctx(), file, libc::W_OK as u32));
-        rofs(
-            fs.mkdir(ctx(), ROOT, &name("new"), 0o755, 0, Extensions::default())
-                .map(drop),
-        );
+        rofs(fs.mkdir(ctx(), ROOT, &name("new"), 0o755, 0, Extensions::default()).map(drop));
         rofs(fs.unlink(ctx(), ROOT, &name("file")));
         rofs(fs.rmdir(ctx(), ROOT, &name("sub")));
         rofs(fs.rename(ctx(), ROOT, &name("file"), ROOT, &name("moved"), 0));
         rofs(
-            fs.symlink(
-                ctx(),
-                &name("/etc"),
-                ROOT,
-                &name("link"),
-                Extensions::default(),
-            )
-            .map(drop),
+            fs.symlink(ctx(), &name("/etc"), ROOT, &name("link"), Extensions::default()).map(drop),
         );
         rofs(fs.link(ctx(), file, ROOT, &name("hard")).map(drop));
-        let create = fs.create(
-            ctx(),
-            ROOT,
-            &name("new"),
-            0o644,
-            false,
-            0,
-            0,
-            Extensions::default(),
-        );
+        let create =
+            fs.create(ctx(), ROOT, &name("new"), 0o644, false, 0, 0, Extensions::default());
         rofs(create.map(drop));
         rofs(fs.setxattr(ctx(), file, &name("user.x"), b"1", 0));
         rofs(fs.removexattr(ctx(), file, &name("user.x")));
         rofs(fs.fallocate(ctx(), file, 0, 0, 0, 1 << 20));
 
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert_eq!(std::fs::read(dir.path().join("file")).unwrap(), b"content");
         assert!(fs.statfs(ctx(), ROOT).unwrap().f_flag & libc::ST_RDONLY != 0);
@@ -644,10 +591,7 @@ mod tests {
     #[test]
     fn the_injected_aarch64_init_is_hidden() {
         let (_dir, fs) = share();
-        let err = fs
-            .lookup(ctx(), ROOT, &name("init.krun"))
-            .err()
-            .expect("init.krun is visible");
+        let err = fs.lookup(ctx(), ROOT, &name("init.krun")).err().expect("init.krun is visible");
         assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
     }
 
@@ -655,9 +599,7 @@ mod tests {
     fn libkrun_private_ioctls_are_refused() {
         let (_dir, fs) = share();
         let code = Arc::new(AtomicI32::new(0));
-        let err = fs
-            .ioctl(ctx(), ROOT, 0, 0, 0x7602, 0, 0, 0, &code)
-            .unwrap_err();
+        let err = fs.ioctl(ctx(), ROOT, 0, 0, 0x7602, 0, 0, 0, &code).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOTTY));
     }
 

@@ -116,17 +116,8 @@ pub struct MainThread {
 pub fn vmm_thread() -> (VmmThread, MainThread) {
     let (tx, rx) = mpsc::channel();
     let entered = Arc::new(Mutex::new(Entered::default()));
-    let thread = VmmThread {
-        requests: tx,
-        entered: Arc::clone(&entered),
-    };
-    (
-        thread,
-        MainThread {
-            requests: rx,
-            entered,
-        },
-    )
+    let thread = VmmThread { requests: tx, entered: Arc::clone(&entered) };
+    (thread, MainThread { requests: rx, entered })
 }
 
 impl MainThread {
@@ -142,12 +133,7 @@ impl MainThread {
 
 /// Builds and enters one VM; returns only if it could not be started.
 fn run(request: VmmRequest, entered: &Mutex<Entered>, status: Arc<Mutex<mpsc::Receiver<i32>>>) {
-    let VmmRequest {
-        config,
-        port,
-        ended,
-        built,
-    } = request;
+    let VmmRequest { config, port, ended, built } = request;
     let ended = Arc::new(ended);
     let observer = exit_observer(Arc::clone(&ended), status);
     let vm = match build(&config, port.as_raw_fd(), observer) {
@@ -191,17 +177,10 @@ pub fn build(
                 .memory_mib(config.memory_mib as usize)
                 .nested_virt(config.nested_virt)
         })
-        .kernel(|k| {
-            k.krunfw_path(&config.krunfw)
-                .init_path(config.init_path)
-                .cmdline(&cmdline)
-        })
+        .kernel(|k| k.krunfw_path(&config.krunfw).init_path(config.init_path).cmdline(&cmdline))
         .fs(|fs| fs.tag(ROOT_DEVICE_TAG).custom(Box::new(boot)))
         .fs(|fs| fs.tag(config.root_tag).custom(Box::new(root)))
-        .console(|c| {
-            c.output(&config.console_log)
-                .port(config.port_name, port_fd, port_fd)
-        })
+        .console(|c| c.output(&config.console_log).port(config.port_name, port_fd, port_fd))
         .on_exit(on_exit)
         .on_placement(move |_| saved.restore());
     if let Some(disk) = &config.upper_disk {
@@ -266,10 +245,7 @@ mod tests {
         for sub in ["boot", "root"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        std::fs::File::create(dir.join("upper.ext4"))
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
+        std::fs::File::create(dir.join("upper.ext4")).unwrap().set_len(1 << 20).unwrap();
         KrunConfig {
             vcpus: 2,
             memory_mib: 256,
@@ -279,10 +255,7 @@ mod tests {
             root_tag: "rootfs",
             rootfs: dir.join("root"),
             upper_disk: Some(dir.join("upper.ext4")),
-            cmdline: vec![
-                "cella.root=virtiofs:rootfs".into(),
-                "cella.hostname=t".into(),
-            ],
+            cmdline: vec!["cella.root=virtiofs:rootfs".into(), "cella.hostname=t".into()],
             port_name: "cella.agent",
             console_log: dir.join("console.log"),
             nested_virt: false,
@@ -303,9 +276,7 @@ mod tests {
         let mut config = config(tmp.path());
         config.rootfs = tmp.path().join("missing");
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let err = build(&config, a.as_raw_fd(), |_| {})
-            .err()
-            .expect("build must fail");
+        let err = build(&config, a.as_raw_fd(), |_| {}).err().expect("build must fail");
         assert!(matches!(err, KrunError::Share(_)), "{err}");
     }
 
@@ -318,9 +289,7 @@ mod tests {
         saved.restore();
         let after = SavedHandlers::capture();
         let handler = |s: &SavedHandlers| {
-            s.0.iter()
-                .find(|(n, _)| *n == libc::SIGHUP)
-                .map(|(_, a)| a.sa_sigaction)
+            s.0.iter().find(|(n, _)| *n == libc::SIGHUP).map(|(_, a)| a.sa_sigaction)
         };
         assert_eq!(handler(&saved), handler(&after));
     }

@@ -11,25 +11,15 @@ use crate::lifecycle::{
 async fn cleanup_removes_dir_then_row_of_a_terminal_ephemeral_sandbox() {
     let t = TestHome::new().await;
     let mut owner = Sleeper::spawn();
-    let (row, run) = t
-        .sandbox_with_run("eph", true, &owner.identity(), Running)
-        .await;
+    let (row, run) = t.sandbox_with_run("eph", true, &owner.identity(), Running).await;
     owner.kill_and_reap();
     let end = cella_db::RunEnd::reason(cella_db::TerminationReason::Completed, "done");
-    t.db.finish_run_and_set_status(run.id, &end, Stopped, &[Running])
-        .await
-        .unwrap();
+    t.db.finish_run_and_set_status(run.id, &end, Stopped, &[Running]).await.unwrap();
 
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(),
-        CleanupOutcome::Removed
-    );
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::Removed);
     assert!(!t.dir("eph").exists());
     assert!(t.db.find_sandbox(row.id).await.unwrap().is_none());
-    assert!(
-        t.db.find_run(run.id).await.unwrap().is_none(),
-        "runs go with the row"
-    );
+    assert!(t.db.find_run(run.id).await.unwrap().is_none(), "runs go with the row");
 }
 
 #[tokio::test]
@@ -37,14 +27,8 @@ async fn cleanup_is_idempotent_and_reports_already_gone() {
     let t = TestHome::new().await;
     t.sandbox("eph", true, Crashed).await;
 
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(),
-        CleanupOutcome::Removed
-    );
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(),
-        CleanupOutcome::AlreadyGone
-    );
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::Removed);
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::AlreadyGone);
     assert_eq!(
         cleanup_sandbox(&t.db, &t.home, "never").await.unwrap(),
         CleanupOutcome::AlreadyGone
@@ -65,12 +49,7 @@ async fn cleanup_leaves_persistent_sandboxes_alone() {
 #[tokio::test]
 async fn cleanup_leaves_active_sandboxes_alone() {
     let t = TestHome::new().await;
-    for (name, status) in [
-        ("c", Created),
-        ("s", Starting),
-        ("r", Running),
-        ("d", Draining),
-    ] {
+    for (name, status) in [("c", Created), ("s", Starting), ("r", Running), ("d", Draining)] {
         t.sandbox(name, true, status).await;
         let outcome = cleanup_sandbox(&t.db, &t.home, name).await.unwrap();
         assert_eq!(outcome, CleanupOutcome::SkippedActive, "{status}");
@@ -83,23 +62,16 @@ async fn cleanup_leaves_active_sandboxes_alone() {
 async fn cleanup_skips_a_stopped_sandbox_whose_run_process_is_alive_until_it_dies() {
     let t = TestHome::new().await;
     let mut owner = Sleeper::spawn();
-    let (row, _run) = t
-        .sandbox_with_run("eph", true, &owner.identity(), Running)
-        .await;
+    let (row, _run) = t.sandbox_with_run("eph", true, &owner.identity(), Running).await;
     // Status says Stopped but the recorded process still runs (e.g. it is still exiting).
-    t.db.set_sandbox_status(row.id, Stopped, &[Running])
-        .await
-        .unwrap();
+    t.db.set_sandbox_status(row.id, Stopped, &[Running]).await.unwrap();
 
     let outcome = cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap();
     assert_eq!(outcome, CleanupOutcome::SkippedLivePid);
     assert!(t.dir("eph").exists());
 
     owner.kill_and_reap();
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(),
-        CleanupOutcome::Removed
-    );
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::Removed);
 }
 
 #[tokio::test]
@@ -107,14 +79,9 @@ async fn sandbox_process_can_clean_itself_up_while_its_own_run_is_open() {
     let t = TestHome::new().await;
     let me = ProcessIdentity::current().unwrap();
     let (row, _run) = t.sandbox_with_run("self", true, &me, Running).await;
-    t.db.set_sandbox_status(row.id, Crashed, &[Running])
-        .await
-        .unwrap();
+    t.db.set_sandbox_status(row.id, Crashed, &[Running]).await.unwrap();
 
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "self").await.unwrap(),
-        CleanupOutcome::Removed
-    );
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "self").await.unwrap(), CleanupOutcome::Removed);
 }
 
 #[tokio::test]
@@ -144,10 +111,7 @@ async fn cleanup_finishes_the_job_of_a_cleaner_that_died_after_removing_the_dir(
         .await
         .unwrap();
 
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(),
-        CleanupOutcome::Removed
-    );
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::Removed);
     assert!(t.db.find_sandbox("eph").await.unwrap().is_none());
 }
 
@@ -160,18 +124,11 @@ async fn cleanup_keeps_row_when_dir_removal_fails_and_succeeds_on_retry() {
 
     let outcome = cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap();
     assert_eq!(outcome, CleanupOutcome::DirRemoveFailed);
-    assert_eq!(
-        t.status("eph").await,
-        Some(Crashed),
-        "row kept so the failure stays visible"
-    );
+    assert_eq!(t.status("eph").await, Some(Crashed), "row kept so the failure stays visible");
 
     // The claim was released: a retry is not blocked by it.
     mount.unmount();
-    assert_eq!(
-        cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(),
-        CleanupOutcome::Removed
-    );
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::Removed);
     assert!(!t.dir("eph").exists());
     assert!(t.db.find_sandbox("eph").await.unwrap().is_none());
 }
@@ -183,17 +140,11 @@ async fn remove_takes_persistent_sandboxes_and_returns_dir_failures_as_errors() 
     let mut mount = TmpfsMount::new(&t.dir("kept").join("disk"));
 
     let err = remove_sandbox(&t.db, &t.home, "kept").await.unwrap_err();
-    assert!(
-        matches!(&err, LifecycleError::RemoveDir { name, .. } if name == "kept"),
-        "{err}"
-    );
+    assert!(matches!(&err, LifecycleError::RemoveDir { name, .. } if name == "kept"), "{err}");
     assert_eq!(t.status("kept").await, Some(Stopped));
 
     mount.unmount();
-    assert_eq!(
-        remove_sandbox(&t.db, &t.home, "kept").await.unwrap(),
-        CleanupOutcome::Removed
-    );
+    assert_eq!(remove_sandbox(&t.db, &t.home, "kept").await.unwrap(), CleanupOutcome::Removed);
     t.sandbox("busy", false, Running).await;
     assert_eq!(
         remove_sandbox(&t.db, &t.home, "busy").await.unwrap(),

@@ -22,10 +22,7 @@ async fn stage_lease(t: &TestHome, expires_at: i64, completed_at: Option<i64>) {
 }
 
 async fn lease(t: &TestHome) -> LeaseRow {
-    t.db.read_lease(SANDBOX_MAINTENANCE_LEASE)
-        .await
-        .unwrap()
-        .unwrap()
+    t.db.read_lease(SANDBOX_MAINTENANCE_LEASE).await.unwrap().unwrap()
 }
 
 fn swept(outcome: MaintenanceOutcome) -> crate::lifecycle::SweepReport {
@@ -44,10 +41,7 @@ async fn held_lease_skips_the_sweep() {
     let outcome = run_startup_maintenance(&t.db, &t.home).await;
     assert_eq!(outcome, MaintenanceOutcome::Skipped(SkipReason::LeaseHeld));
     assert_eq!(lease(&t).await.sweep_count, 0);
-    assert!(
-        t.db.find_sandbox("eph").await.unwrap().is_some(),
-        "nothing was swept"
-    );
+    assert!(t.db.find_sandbox("eph").await.unwrap().is_some(), "nothing was swept");
 }
 
 #[tokio::test]
@@ -58,10 +52,7 @@ async fn recently_completed_sweep_skips_the_next() {
     stage_lease(&t, recent, Some(recent)).await;
 
     let outcome = run_startup_maintenance(&t.db, &t.home).await;
-    assert_eq!(
-        outcome,
-        MaintenanceOutcome::Skipped(SkipReason::RecentlyCompleted)
-    );
+    assert_eq!(outcome, MaintenanceOutcome::Skipped(SkipReason::RecentlyCompleted));
     assert_eq!(lease(&t).await.sweep_count, 0);
 }
 
@@ -74,12 +65,9 @@ async fn stale_lease_sweeps_reconciles_cleans_and_records_completion() {
     let mut dead_persistent = Sleeper::spawn();
     let mut dead_ephemeral = Sleeper::spawn();
     let live = Sleeper::spawn();
-    t.sandbox_with_run("dead-kept", false, &dead_persistent.identity(), Running)
-        .await;
-    t.sandbox_with_run("dead-eph", true, &dead_ephemeral.identity(), Running)
-        .await;
-    t.sandbox_with_run("live", true, &live.identity(), Running)
-        .await;
+    t.sandbox_with_run("dead-kept", false, &dead_persistent.identity(), Running).await;
+    t.sandbox_with_run("dead-eph", true, &dead_ephemeral.identity(), Running).await;
+    t.sandbox_with_run("live", true, &live.identity(), Running).await;
     t.sandbox("old-eph", true, Stopped).await;
     t.sandbox("kept", false, Stopped).await;
     dead_persistent.kill_and_reap();
@@ -88,19 +76,11 @@ async fn stale_lease_sweeps_reconciles_cleans_and_records_completion() {
     let before = now_ms();
     let report = swept(run_startup_maintenance(&t.db, &t.home).await);
 
-    assert_eq!(
-        (report.examined, report.reconciled, report.removed),
-        (3, 2, 2),
-        "{report:?}"
-    );
+    assert_eq!((report.examined, report.reconciled, report.removed), (3, 2, 2), "{report:?}");
     assert_eq!(report.errors, 0);
     assert!(report.completed && !report.truncated);
     assert_eq!(t.status("dead-kept").await, Some(Crashed));
-    assert_eq!(
-        t.status("dead-eph").await,
-        None,
-        "crashed ephemeral is removed in phase 2"
-    );
+    assert_eq!(t.status("dead-eph").await, None, "crashed ephemeral is removed in phase 2");
     assert!(!t.dir("dead-eph").exists() && !t.dir("old-eph").exists());
     assert_eq!(t.status("live").await, Some(Running));
     assert_eq!(t.status("kept").await, Some(Stopped));
@@ -108,15 +88,9 @@ async fn stale_lease_sweeps_reconciles_cleans_and_records_completion() {
     let lease = lease(&t).await;
     assert_eq!(lease.sweep_count, 1);
     assert!(lease.last_completed_at.unwrap() >= before);
-    assert!(
-        !lease.is_held(now_ms() + 1),
-        "a completed sweep releases the lease"
-    );
+    assert!(!lease.is_held(now_ms() + 1), "a completed sweep releases the lease");
     let again = run_startup_maintenance(&t.db, &t.home).await;
-    assert_eq!(
-        again,
-        MaintenanceOutcome::Skipped(SkipReason::RecentlyCompleted)
-    );
+    assert_eq!(again, MaintenanceOutcome::Skipped(SkipReason::RecentlyCompleted));
 }
 
 #[tokio::test]
@@ -134,11 +108,7 @@ async fn failed_sweep_records_no_completion_and_lets_the_lease_expire() {
     assert_eq!(lease.last_completed_at, None);
     assert!(lease.is_held(now_ms()), "held until it expires");
     assert!(lease.lease_expires_at <= before + LEASE_DURATION.as_millis() as i64 + 1_000);
-    assert_eq!(
-        t.status("stuck").await,
-        Some(Crashed),
-        "row kept for the retry"
-    );
+    assert_eq!(t.status("stuck").await, Some(Crashed), "row kept for the retry");
     let next = run_startup_maintenance(&t.db, &t.home).await;
     assert_eq!(next, MaintenanceOutcome::Skipped(SkipReason::LeaseHeld));
 }
@@ -159,10 +129,7 @@ async fn sweep_is_bounded_in_rows_per_phase() {
 
     let report = swept(run_startup_maintenance(&t.db, &t.home).await);
     assert!(report.removed <= MAX_ROWS_PER_PHASE, "{report:?}");
-    assert!(
-        report.removed == MAX_ROWS_PER_PHASE || report.truncated,
-        "{report:?}"
-    );
+    assert!(report.removed == MAX_ROWS_PER_PHASE || report.truncated, "{report:?}");
     let left = t.db.list_sandboxes().await.unwrap().len() as u32;
     assert_eq!(left, rows - report.removed);
 }

@@ -41,8 +41,7 @@ async fn fifty_processes_starting_maintenance_from_a_stale_lease_sweep_exactly_o
     .await
     .unwrap();
     let mut dead = Sleeper::spawn();
-    t.sandbox_with_run("dead", false, &dead.identity(), Running)
-        .await;
+    t.sandbox_with_run("dead", false, &dead.identity(), Running).await;
     dead.kill_and_reap();
     t.sandbox("leftover", true, Crashed).await;
     let home = t.home.clone();

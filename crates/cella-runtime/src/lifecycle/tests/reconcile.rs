@@ -11,13 +11,9 @@ use crate::lifecycle::{
 async fn live_run_process_keeps_the_sandbox_running() {
     let t = TestHome::new().await;
     let owner = Sleeper::spawn();
-    t.sandbox_with_run("web", false, &owner.identity(), Running)
-        .await;
+    t.sandbox_with_run("web", false, &owner.identity(), Running).await;
 
-    assert_eq!(
-        reconcile_sandbox(&t.db, &t.home, "web").await.unwrap(),
-        ReconcileOutcome::Alive
-    );
+    assert_eq!(reconcile_sandbox(&t.db, &t.home, "web").await.unwrap(), ReconcileOutcome::Alive);
     assert_eq!(t.status("web").await, Some(Running));
 }
 
@@ -36,15 +32,9 @@ async fn sandbox_process_killed_with_sigkill_is_reconciled_to_crashed() {
     assert_eq!(t.status("web").await, Some(Crashed));
     let run = t.db.find_run(run.id).await.unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Terminated);
-    assert_eq!(
-        run.termination_reason,
-        Some(TerminationReason::InternalError)
-    );
+    assert_eq!(run.termination_reason, Some(TerminationReason::InternalError));
     assert!(run.terminated_at.is_some());
-    assert_eq!(
-        reconcile_sandbox(&t.db, &t.home, "web").await.unwrap(),
-        ReconcileOutcome::Inactive
-    );
+    assert_eq!(reconcile_sandbox(&t.db, &t.home, "web").await.unwrap(), ReconcileOutcome::Inactive);
 }
 
 #[tokio::test]
@@ -72,10 +62,7 @@ async fn live_pid_with_another_start_time_is_reconciled_as_dead() {
     assert!(!is_alive(&recorded));
     let outcome = reconcile_sandbox(&t.db, &t.home, "web").await.unwrap();
     assert_eq!(outcome, ReconcileOutcome::MarkedCrashed);
-    assert!(
-        is_alive(&other.identity()),
-        "the unrelated process is untouched"
-    );
+    assert!(is_alive(&other.identity()), "the unrelated process is untouched");
 }
 
 #[tokio::test]
@@ -93,12 +80,8 @@ async fn run_recorded_before_a_reboot_is_dead() {
 async fn draining_sandbox_whose_process_died_becomes_stopped() {
     let t = TestHome::new().await;
     let mut owner = Sleeper::spawn();
-    let (_, run) = t
-        .sandbox_with_run("web", false, &owner.identity(), Running)
-        .await;
-    t.db.set_sandbox_status("web", Draining, &[Running])
-        .await
-        .unwrap();
+    let (_, run) = t.sandbox_with_run("web", false, &owner.identity(), Running).await;
+    t.db.set_sandbox_status("web", Draining, &[Running]).await.unwrap();
 
     owner.kill_and_reap();
     let outcome = reconcile_sandbox(&t.db, &t.home, "web").await.unwrap();
@@ -106,19 +89,14 @@ async fn draining_sandbox_whose_process_died_becomes_stopped() {
     assert_eq!(outcome, ReconcileOutcome::MarkedStopped);
     assert_eq!(t.status("web").await, Some(Stopped));
     let run = t.db.find_run(run.id).await.unwrap().unwrap();
-    assert_eq!(
-        run.termination_reason,
-        Some(TerminationReason::ShutdownRequested)
-    );
+    assert_eq!(run.termination_reason, Some(TerminationReason::ShutdownRequested));
 }
 
 #[tokio::test]
 async fn starting_sandbox_without_run_waits_while_its_launcher_lock_is_held() {
     let t = TestHome::new().await;
     t.sandbox("web", false, Starting).await;
-    let launcher = LauncherLock::try_acquire_for(&t.home, "web")
-        .unwrap()
-        .unwrap();
+    let launcher = LauncherLock::try_acquire_for(&t.home, "web").unwrap().unwrap();
 
     let outcome = reconcile_sandbox(&t.db, &t.home, "web").await.unwrap();
     assert_eq!(outcome, ReconcileOutcome::LauncherBusy);
@@ -137,9 +115,7 @@ async fn launcher_lock_inherited_by_a_child_keeps_the_sandbox_starting() {
 
     let t = TestHome::new().await;
     t.sandbox("web", false, Starting).await;
-    let launcher = LauncherLock::try_acquire_for(&t.home, "web")
-        .unwrap()
-        .unwrap();
+    let launcher = LauncherLock::try_acquire_for(&t.home, "web").unwrap().unwrap();
     let fd = launcher.file().as_raw_fd();
     let mut cmd = std::process::Command::new("sleep");
     cmd.arg("1000");
@@ -170,12 +146,9 @@ async fn launcher_lock_inherited_by_a_child_keeps_the_sandbox_starting() {
 async fn starting_sandbox_whose_run_process_died_becomes_crashed() {
     let t = TestHome::new().await;
     let mut owner = Sleeper::spawn();
-    t.sandbox_with_run("web", false, &owner.identity(), Starting)
-        .await;
+    t.sandbox_with_run("web", false, &owner.identity(), Starting).await;
     // Even a held launcher lock does not matter once a dead run is recorded.
-    let _launcher = LauncherLock::try_acquire_for(&t.home, "web")
-        .unwrap()
-        .unwrap();
+    let _launcher = LauncherLock::try_acquire_for(&t.home, "web").unwrap().unwrap();
 
     owner.kill_and_reap();
     let outcome = reconcile_sandbox(&t.db, &t.home, "web").await.unwrap();
@@ -186,12 +159,8 @@ async fn starting_sandbox_whose_run_process_died_becomes_crashed() {
 async fn stopped_sandbox_with_a_stale_running_run_gets_the_run_closed() {
     let t = TestHome::new().await;
     let mut owner = Sleeper::spawn();
-    let (_, run) = t
-        .sandbox_with_run("web", false, &owner.identity(), Running)
-        .await;
-    t.db.set_sandbox_status("web", Stopped, &[Running])
-        .await
-        .unwrap();
+    let (_, run) = t.sandbox_with_run("web", false, &owner.identity(), Running).await;
+    t.db.set_sandbox_status("web", Stopped, &[Running]).await.unwrap();
 
     owner.kill_and_reap();
     let outcome = reconcile_sandbox(&t.db, &t.home, "web").await.unwrap();
@@ -206,22 +175,15 @@ async fn listing_shows_a_killed_sandbox_as_crashed_at_once() {
     let t = TestHome::new().await;
     let mut dead = Sleeper::spawn();
     let live = Sleeper::spawn();
-    t.sandbox_with_run("dead", false, &dead.identity(), Running)
-        .await;
-    t.sandbox_with_run("live", false, &live.identity(), Running)
-        .await;
+    t.sandbox_with_run("dead", false, &dead.identity(), Running).await;
+    t.sandbox_with_run("live", false, &live.identity(), Running).await;
     t.sandbox("new", false, Created).await;
 
     dead.kill_and_reap();
     let list = list_reconciled(&t.db, &t.home).await.unwrap();
-    let statuses: Vec<(&str, _)> = list
-        .iter()
-        .map(|s| (s.sandbox.name.as_str(), s.sandbox.status))
-        .collect();
-    assert_eq!(
-        statuses,
-        [("dead", Crashed), ("live", Running), ("new", Created)]
-    );
+    let statuses: Vec<(&str, _)> =
+        list.iter().map(|s| (s.sandbox.name.as_str(), s.sandbox.status)).collect();
+    assert_eq!(statuses, [("dead", Crashed), ("live", Running), ("new", Created)]);
     assert_eq!(
         reconcile_sandbox(&t.db, &t.home, "gone").await.unwrap(),
         ReconcileOutcome::NotFound

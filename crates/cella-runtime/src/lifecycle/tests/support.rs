@@ -37,11 +37,7 @@ impl TestHome {
         let home = Home::at(dir.path().join("home"));
         home.ensure().unwrap();
         let db = Db::open(home.db_path()).await.unwrap();
-        Self {
-            _dir: dir,
-            home,
-            db,
-        }
+        Self { _dir: dir, home, db }
     }
 
     /// Inserts a sandbox and gives it a directory with nested content.
@@ -69,11 +65,7 @@ impl TestHome {
         status: SandboxStatus,
     ) -> (SandboxRow, RunRow) {
         let row = self.sandbox(name, ephemeral, SandboxStatus::Starting).await;
-        let run = self
-            .db
-            .insert_run(row.id, &owner.to_new_run())
-            .await
-            .unwrap();
+        let run = self.db.insert_run(row.id, &owner.to_new_run()).await.unwrap();
         if status != SandboxStatus::Starting {
             assert!(self
                 .db
@@ -100,11 +92,7 @@ pub struct Sleeper {
 
 impl Sleeper {
     pub fn spawn() -> Self {
-        let child = Command::new("sleep")
-            .arg("1000")
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Command::new("sleep").arg("1000").stdin(Stdio::null()).spawn().unwrap();
         Self { child: Some(child) }
     }
 
@@ -122,8 +110,7 @@ impl Sleeper {
         wait_until(|| {
             fs::read_to_string(format!("/proc/{}/stat", self.pid()))
                 .map(|s| {
-                    s.rsplit_once(')')
-                        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+                    s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
                 })
                 .unwrap_or(false)
         });
@@ -156,19 +143,11 @@ impl TmpfsMount {
     /// Mounts a tmpfs at `path` (created if missing). Needs root, as the suite does.
     pub fn new(path: &Path) -> Self {
         fs::create_dir_all(path).unwrap();
-        mount(
-            Some("none"),
-            path,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .unwrap_or_else(|e| panic!("mount tmpfs on {} (tests run as root): {e}", path.display()));
+        mount(Some("none"), path, Some("tmpfs"), MsFlags::empty(), None::<&str>).unwrap_or_else(
+            |e| panic!("mount tmpfs on {} (tests run as root): {e}", path.display()),
+        );
         fs::write(path.join("inside"), "x").unwrap();
-        Self {
-            path: path.to_owned(),
-            mounted: true,
-        }
+        Self { path: path.to_owned(), mounted: true }
     }
 
     pub fn unmount(&mut self) {
@@ -198,10 +177,7 @@ pub fn wait_until(mut cond: impl FnMut() -> bool) {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// What a worker process does.
@@ -220,11 +196,7 @@ pub fn run_workers(role: WorkerRole, count: usize, home: &Home, sandbox: &str) -
     let children: Vec<Child> = (0..count)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "lifecycle::tests::support::worker_entry",
-                    "--nocapture",
-                ])
+                .args(["--exact", "lifecycle::tests::support::worker_entry", "--nocapture"])
                 .args(["--test-threads=1"])
                 .env(WORKER_ENV, format!("{role:?}"))
                 .env(HOME_ENV, home.root())
@@ -241,11 +213,8 @@ pub fn run_workers(role: WorkerRole, count: usize, home: &Home, sandbox: &str) -
         .map(|child| {
             let out = child.wait_with_output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let line = text
-                .lines()
-                .find_map(|l| l.split_once(RESULT_MARK).map(|(_, r)| r));
-            line.map(str::to_owned)
-                .unwrap_or_else(|| format!("no result (status {})", out.status))
+            let line = text.lines().find_map(|l| l.split_once(RESULT_MARK).map(|(_, r)| r));
+            line.map(str::to_owned).unwrap_or_else(|| format!("no result (status {})", out.status))
         })
         .collect()
 }
@@ -261,10 +230,7 @@ fn worker_entry() {
     let start: u64 = std::env::var(START_ENV).unwrap().parse().unwrap();
     std::thread::sleep(Duration::from_millis(start.saturating_sub(now_ms())));
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let result = rt.block_on(async {
         let db = match Db::open(home.db_path()).await {
             Ok(db) => db,
