@@ -184,9 +184,9 @@ fn vm_krun_root_and_boot_directory_stay_unmodified_even_when_the_guest_remounts_
     let before = tree_snapshot(root.path());
 
     let script =
-        "echo changed > /etc/hostname; rm -f /bin/ls; cat /etc/hostname; mkdir -p /mnt/r /mnt/b; \
-        mount -t virtiofs rootfs /mnt/r && mount -o remount,rw /mnt/r; \
-        (touch /mnt/r/evil && echo WROTE-THROUGH) || echo refused; \
+        "echo changed > /etc/hostname; rm -f /bin/ls; cat /etc/hostname; mkdir -p /mnt/b; \
+        L=/run/cella/lower; mount -o remount,rw $L && echo remounted; \
+        (touch $L/evil && echo WROTE-THROUGH) || echo refused; \
         mount -t virtiofs /dev/root /mnt/b && mount -o remount,rw /mnt/b; \
         (touch /mnt/b/evil && echo WROTE-BOOT) || echo refused; \
         test -e /mnt/b/init.krun && echo INJECTED-INIT-VISIBLE; true";
@@ -196,6 +196,7 @@ fn vm_krun_root_and_boot_directory_stay_unmodified_even_when_the_guest_remounts_
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.code(), 0, "{stdout} {}", out.stderr_text());
     assert!(stdout.starts_with("changed\n"), "guest writes must land in its own layer: {stdout}");
+    assert!(stdout.contains("remounted\nrefused\n"), "{stdout}");
     assert!(!stdout.contains("WROTE-") && !stdout.contains("INJECTED-INIT"), "{stdout}");
     assert!(before == tree_snapshot(root.path()), "host root was modified");
     let boot = home.path().join("sandboxes/ro/runtime/boot");
@@ -220,13 +221,11 @@ fn vm_krun_boot_timeout_kills_a_guest_that_never_answers() {
     if !silent_agent(&home) {
         return;
     }
-    let started = Instant::now();
     let out = run(&home, &["--boot-timeout", "5", "--", "true"], b"");
     assert_eq!(out.code(), 125, "{}", out.stderr_text());
     let stderr = out.stderr_text();
     assert!(stderr.contains("did not answer within 5s"), "{stderr}");
     assert!(stderr.contains("silent-init: up"), "console tail missing: {stderr}");
-    assert!(started.elapsed() < Duration::from_secs(60));
     home.assert_nothing_left();
 }
 

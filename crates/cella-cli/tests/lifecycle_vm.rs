@@ -152,7 +152,7 @@ fn vm_killed_sandbox_process_shows_crashed_at_the_next_command() {
     let pid = entry(&home, "victim").unwrap()["pid"].as_i64().unwrap();
     // SAFETY: plain kill(2) on the sandbox process this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(300));
+    wait_process_gone(pid as i32);
     let crashed = entry(&home, "victim").unwrap();
     assert_eq!(crashed["status"], "Crashed", "{crashed}");
     assert_eq!(crashed["last_termination_reason"], "InternalError");
@@ -195,6 +195,20 @@ fn vm_killed_ephemeral_sandbox_is_gone_after_the_next_start() {
     assert!(!home.sandbox_dirs().contains(&"doomed".to_string()));
 }
 
+/// Waits until `pid` has died (gone, or a zombie): kill(2) returns before the target is dead.
+fn wait_process_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z") | Some("X")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL: {stat}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Moves the last completed maintenance sweep back past the minimum sweep interval, as if the
 /// interval had elapsed.
 fn expire_last_sweep(home: &TestHome) {
@@ -215,7 +229,9 @@ fn vm_frozen_guest_ends_with_agent_unresponsive() {
         return;
     }
     let home = TestHome::new();
-    ok(&home, &["create", "frozen"]);
+    // Freezing the guest means stopping its emulator process: qemu's, whatever the host's
+    // default backend (under krun the VM runs inside the sandbox process itself).
+    ok(&home, &["create", "frozen", "--backend", "qemu"]);
     ok(&home, &["start", "frozen"]);
     let sandbox_pid = entry(&home, "frozen").unwrap()["pid"].as_i64().unwrap();
     let children =
@@ -229,4 +245,36 @@ fn vm_frozen_guest_ends_with_agent_unresponsive() {
     let crashed = wait_status(&home, "frozen", "Crashed", Duration::from_secs(150));
     assert_eq!(crashed["last_termination_reason"], "AgentUnresponsive");
     ok(&home, &["rm", "frozen"]);
+}
+
+#[test]
+fn vm_stopping_a_sandbox_that_is_still_booting_stops_it_in_order() {
+    if !require_vm("vm_stopping_a_sandbox_that_is_still_booting_stops_it_in_order") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "early"]);
+    let mut start = home.command(BIN);
+    start.args(["start", "early"]).stdin(std::process::Stdio::null());
+    start.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let starter = start.spawn().unwrap();
+    wait_status(&home, "early", "Starting", Duration::from_secs(30));
+
+    let out = cella(&home, &["stop", "early"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let started = starter.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&started.stderr).into_owned();
+    // A guest that booted faster than `stop` arrived is stopped from Running instead.
+    let interrupted = stderr.contains("interrupted by SIGTERM while the guest was booting");
+    assert!(interrupted || started.status.success(), "{stderr}");
+    let stopped = entry(&home, "early").unwrap();
+    assert_eq!(stopped["status"], "Stopped", "{stopped}");
+    assert_eq!(stopped["last_termination_reason"], "ShutdownRequested", "{stopped}");
+    assert!(stopped["pid"].is_null(), "{stopped}");
+
+    // Nothing of the interrupted boot is in the way of the next one.
+    ok(&home, &["start", "early"]);
+    assert_eq!(ok(&home, &["exec", "early", "--", "echo", "up"]), "up\n");
+    ok(&home, &["rm", "--force", "early"]);
+    assert!(home.sandbox_rows().is_empty(), "{:?}", home.sandbox_rows());
 }

@@ -141,19 +141,23 @@ fn vm_run_never_modifies_the_root_even_when_the_guest_remounts_it() {
     assert!(status.success());
     let before = snapshot(root.path());
 
-    // The root share is tagged `rootfs` on both backends: 9p on qemu, virtio-fs on krun.
+    // The agent leaves the read-only lower layer (the host's share: 9p on qemu, virtio-fs on
+    // krun) visible at /run/cella/lower. Root in the guest remounts it read-write and writes:
+    // the guest kernel lets the remount through, the host refuses the write.
     let script = "echo changed > /etc/hostname; touch /new-file; rm -f /bin/ls; \
-        cat /etc/hostname; mkdir -p /mnt/r; \
-        if mount -t 9p -o trans=virtio,version=9p2000.L rootfs /mnt/r 2>/dev/null \
-           || mount -t virtiofs rootfs /mnt/r 2>/dev/null; then \
-          (touch /mnt/r/evil && echo WROTE-THROUGH) || echo refused; \
-          mount -o remount,rw /mnt/r && (touch /mnt/r/evil2 && echo WROTE-THROUGH) || echo refused; \
-        else echo no-remount; fi";
+        cat /etc/hostname; L=/run/cella/lower; \
+        test -f $L/bin/ls && echo lower-intact; \
+        (touch $L/evil 2>/dev/null && echo WROTE-THROUGH) || echo refused-ro; \
+        if mount -o remount,rw $L; then echo remounted; \
+          (touch $L/evil2 2>/dev/null && echo WROTE-THROUGH) || echo refused-by-host; \
+          (echo x > $L/etc/hostname) 2>/dev/null && echo WROTE-THROUGH || true; \
+        else echo remount-failed; fi";
     let rootfs = root.path().to_str().unwrap();
     let out = cella_run(&home, &["--rootfs", rootfs, "--", "sh", "-c", script], b"");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.code(), 0, "{stdout} {}", out.stderr_text());
     assert!(stdout.starts_with("changed\n"), "guest writes must land in its own layer: {stdout}");
+    assert!(stdout.contains("lower-intact\nrefused-ro\nremounted\nrefused-by-host\n"), "{stdout}");
     assert!(!stdout.contains("WROTE-THROUGH"), "{stdout}");
     assert!(before == snapshot(root.path()), "host root was modified");
 }
@@ -165,7 +169,6 @@ fn vm_run_boot_timeout_kills_a_guest_that_never_answers() {
     }
     let home = TestHome::new();
     silent_guest_kernel_dir(&home);
-    let started = Instant::now();
     // The silent guest is an initramfs, which only qemu boots (krun ignores an initramfs and
     // has its own version of this test in krun_vm.rs).
     let out = cella_run(&home, &["--backend", "qemu", "--boot-timeout", "8", "--", "true"], b"");
@@ -173,7 +176,6 @@ fn vm_run_boot_timeout_kills_a_guest_that_never_answers() {
     let stderr = out.stderr_text();
     assert!(stderr.contains("did not answer within 8s"), "{stderr}");
     assert!(stderr.contains("silent-init: up"), "console tail missing: {stderr}");
-    assert!(started.elapsed() < Duration::from_secs(60));
     assert_nothing_left(&home);
 }
 

@@ -42,8 +42,10 @@ pub enum CleanupClaim {
 }
 
 impl Db {
-    /// Claims a terminal sandbox for removal (see the module docs). With `ephemeral_only`,
-    /// persistent sandboxes are refused with [`CleanupClaim::NotEphemeral`].
+    /// Claims a terminal sandbox for removal (see the module docs). With `ephemeral_only` (the
+    /// sweep and self-clean), persistent sandboxes are refused with
+    /// [`CleanupClaim::NotEphemeral`]; without it (`rm`), a Created sandbox, which never ran,
+    /// may be claimed as well.
     pub async fn claim_cleanup(
         &self,
         key: impl Into<SandboxKey>,
@@ -60,7 +62,9 @@ impl Db {
         if ephemeral_only && !sandbox.ephemeral {
             return Ok(CleanupClaim::NotEphemeral);
         }
-        if !sandbox.status.is_terminal() {
+        let removable = sandbox.status.is_terminal()
+            || (!ephemeral_only && sandbox.status == SandboxStatus::Created);
+        if !removable {
             return Ok(CleanupClaim::NotTerminal(sandbox.status));
         }
 
@@ -105,7 +109,8 @@ impl Db {
     }
 
     /// Deletes a claimed sandbox row, only while `token` holds the claim and the row is still
-    /// terminal (and ephemeral, with `ephemeral_only`). Returns whether the row was deleted.
+    /// terminal (and ephemeral, with `ephemeral_only`; or Created, without it). Returns whether
+    /// the row was deleted.
     pub async fn delete_claimed_sandbox(
         &self,
         sandbox_id: i64,
@@ -114,10 +119,12 @@ impl Db {
     ) -> Result<bool, DbError> {
         let done = sqlx::query(
             "DELETE FROM sandbox WHERE id = ? AND cleanup_token = ? \
-             AND status IN ('Stopped', 'Crashed') AND (ephemeral = 1 OR NOT ?)",
+             AND (status IN ('Stopped', 'Crashed') OR (status = 'Created' AND NOT ?)) \
+             AND (ephemeral = 1 OR NOT ?)",
         )
         .bind(sandbox_id)
         .bind(token)
+        .bind(ephemeral_only)
         .bind(ephemeral_only)
         .execute(self.pool())
         .await

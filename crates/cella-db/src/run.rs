@@ -206,18 +206,51 @@ impl Db {
         to: SandboxStatus,
         from: &[SandboxStatus],
     ) -> Result<RunFinish, DbError> {
+        self.finish_run_inner(run_id, end, None, to, from).await
+    }
+
+    /// As [`Db::finish_run_and_set_status`], for the run's own sandbox process: when the
+    /// sandbox is Draining at the moment of the write (a `stop` asked for the end), the run's
+    /// reason is `if_draining` instead of `end.reason`. The status is read in the same
+    /// transaction, so a `stop` that lands between a read and the write cannot be missed.
+    pub async fn finish_own_run(
+        &self,
+        run_id: i64,
+        end: &RunEnd,
+        if_draining: TerminationReason,
+        to: SandboxStatus,
+        from: &[SandboxStatus],
+    ) -> Result<RunFinish, DbError> {
+        self.finish_run_inner(run_id, end, Some(if_draining), to, from).await
+    }
+
+    async fn finish_run_inner(
+        &self,
+        run_id: i64,
+        end: &RunEnd,
+        if_draining: Option<TerminationReason>,
+        to: SandboxStatus,
+        from: &[SandboxStatus],
+    ) -> Result<RunFinish, DbError> {
         let err = |e| finish_err(run_id, e);
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await.map_err(err)?;
 
-        let sandbox_id: Option<i64> = sqlx::query_scalar("SELECT sandbox_id FROM run WHERE id = ?")
-            .bind(run_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?;
-        let Some(sandbox_id) = sandbox_id else {
+        let owner: Option<(i64, String)> = sqlx::query_as(
+            "SELECT s.id, s.status FROM run r JOIN sandbox s ON s.id = r.sandbox_id WHERE r.id = ?",
+        )
+        .bind(run_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        let Some((sandbox_id, status)) = owner else {
             return Ok(RunFinish { run_finished: false, status_changed: false });
         };
-        let run_finished = finish(&mut tx, run_id, end).await?;
+        let draining = status == SandboxStatus::Draining.as_str();
+        let end = match if_draining {
+            Some(reason) if draining => RunEnd { reason, ..end.clone() },
+            _ => end.clone(),
+        };
+        let run_finished = finish(&mut tx, run_id, &end).await?;
         let status_changed = run_finished
             && set_status(&mut tx, &SandboxKey::Id(sandbox_id), to, from, false).await?;
 

@@ -21,7 +21,7 @@ pub const MAX_CPUS: u8 = 64;
 pub const DEFAULT_CPUS: u8 = 1;
 /// Longest sandbox name. Names become file names and socket paths (which Unix limits to 107
 /// bytes), so they are kept short.
-pub const MAX_NAME_LEN: usize = 63;
+pub const MAX_NAME_LEN: usize = cella_db::MAX_SANDBOX_NAME_LEN;
 
 /// Which VMM runs the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -200,23 +200,17 @@ impl SandboxConfig {
     }
 }
 
-/// Checks that `name` is usable as a sandbox name: 1 to [`MAX_NAME_LEN`] characters of ASCII
-/// letters, digits, `-`, `_` and `.`, starting with a letter or digit (so never `.` or `..`).
+/// Checks that `name` is usable as a sandbox name: the database's rule
+/// ([`cella_db::validate_sandbox_name`]: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-`, `_`
+/// and `.`, starting with a letter or digit, no `..`), reported as a configuration error.
 pub fn validate_name(name: &str) -> Result<(), ConfigError> {
-    let invalid = |why| Err(ConfigError::InvalidName { name: name.to_string(), why });
-    if name.is_empty() {
-        return invalid("it is empty");
+    match cella_db::validate_sandbox_name(name) {
+        Ok(()) => Ok(()),
+        Err(cella_db::DbError::InvalidName { reason, .. }) => {
+            Err(ConfigError::InvalidName { name: name.to_string(), why: reason })
+        }
+        Err(other) => unreachable!("name validation returned {other}"),
     }
-    if name.len() > MAX_NAME_LEN {
-        return invalid("it is longer than 63 characters");
-    }
-    if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        return invalid("it must start with a letter or digit");
-    }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return invalid("only letters, digits, '-', '_' and '.' are allowed");
-    }
-    Ok(())
 }
 
 /// Checks a vCPU count.

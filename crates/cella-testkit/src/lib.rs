@@ -200,8 +200,26 @@ impl TestHome {
         list(&self.path().join("run"))
     }
 
-    /// Waits up to 20 s until no sandbox directory, no socket and no process naming this home
-    /// (an emulator, a sandbox process) is left; panics with what is left otherwise.
+    /// Names of the sandbox rows in this home's state database (none if it has no database),
+    /// read from the SQLite file itself.
+    pub fn sandbox_rows(&self) -> Vec<String> {
+        let path = self.path().join("db/cella.db");
+        if !path.exists() {
+            return Vec::new();
+        }
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let db = cella_db::Db::open(&path).await.expect("open the test home's database");
+            let rows = db.list_sandboxes().await.expect("list sandbox rows");
+            db.close().await;
+            rows.into_iter().map(|row| row.name).collect()
+        })
+    }
+
+    /// Waits up to 20 s until no sandbox row, no sandbox directory, no socket and no process
+    /// naming this home (an emulator, a sandbox process) is left; panics with what is left
+    /// otherwise.
     pub fn assert_nothing_left(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let home_text = self.path().to_string_lossy().into_owned();
@@ -209,11 +227,16 @@ impl TestHome {
             let dirs = self.sandbox_dirs();
             let run = self.run_entries();
             let processes = processes_matching(&home_text);
-            if dirs.is_empty() && run.iter().all(|e| e.ends_with(".lock")) && processes.is_empty() {
+            let rows = self.sandbox_rows();
+            let sockets_gone = run.iter().all(|e| e.ends_with(".lock"));
+            if dirs.is_empty() && sockets_gone && processes.is_empty() && rows.is_empty() {
                 return;
             }
             if Instant::now() >= deadline {
-                panic!("left behind: dirs {dirs:?}, run/ {run:?}, processes {processes:?}");
+                panic!(
+                    "left behind: rows {rows:?}, dirs {dirs:?}, run/ {run:?}, \
+                     processes {processes:?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

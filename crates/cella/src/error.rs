@@ -104,6 +104,17 @@ pub enum SandboxError {
         /// How long we waited.
         waited: std::time::Duration,
     },
+    /// The sandbox is starting but its process has not recorded its run yet.
+    #[error(
+        "sandbox {name} is starting but its process has not recorded itself within {waited:?}; \
+         retry `cella stop {name}`"
+    )]
+    NoCurrentRun {
+        /// The name.
+        name: String,
+        /// How long we waited for the run row.
+        waited: std::time::Duration,
+    },
     /// The state database failed.
     #[error(transparent)]
     Db(#[from] cella_db::DbError),

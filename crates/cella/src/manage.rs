@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cella_db::{Db, DbError, NewSandbox, RunRow, SandboxStatus, SandboxSummary};
+use cella_db::{Db, DbError, NewSandbox, RunRow, RunStatus, SandboxStatus, SandboxSummary};
 use cella_runtime::config::SandboxConfig;
 use cella_runtime::home::Home;
 use cella_runtime::launch;
@@ -22,6 +22,11 @@ use crate::sandbox::{Sandbox, Starting};
 
 /// Grace between SIGTERM to a sandbox process that ignored the shutdown request and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// How long `stop` waits for a starting sandbox's process to record its run. The sandbox
+/// process writes that row within milliseconds of being spawned; waiting longer means it is
+/// stuck before its first write (a locked database), and the caller gets an error to retry.
+const RUN_ROW_WAIT: Duration = Duration::from_secs(5);
 
 /// Statuses from which a sandbox may be started.
 const STARTABLE: &[SandboxStatus] =
@@ -119,41 +124,40 @@ impl Cella {
 
     /// Stops a running sandbox: marks it Draining, asks the agent to shut down, and escalates to
     /// SIGTERM and then SIGKILL of its sandbox process if it is still alive after `timeout`.
-    /// With `force`, kills the sandbox process at once.
+    /// With `force`, kills the sandbox process at once. A sandbox that is still booting is
+    /// stopped with SIGTERM, which its sandbox process turns into an orderly teardown.
+    ///
+    /// Signals go only to the process of the sandbox's current run, and only while its pid
+    /// still has the recorded identity: a finished run's pid may belong to anyone by now.
     pub async fn stop(
         &self,
         name: &str,
         timeout: Duration,
         force: bool,
     ) -> Result<(), SandboxError> {
-        let summary = self.summary(name).await?;
-        let status = summary.sandbox.status;
-        let run = match (status.is_active(), summary.latest_run) {
-            (true, Some(run)) => run,
-            _ => {
-                return Err(SandboxError::NotRunning {
-                    name: name.into(),
-                    status: status.to_string(),
-                })
-            }
-        };
-        self.db
-            .set_sandbox_status(name, SandboxStatus::Draining, &[SandboxStatus::Running])
-            .await?;
+        let (status, run) = self.current_run(name).await?;
+        // Draining also keeps a booting sandbox from flipping to Running, and makes its run end
+        // with ShutdownRequested whichever step ends it.
+        let stoppable = [SandboxStatus::Running, SandboxStatus::Starting];
+        self.db.set_sandbox_status(name, SandboxStatus::Draining, &stoppable).await?;
         let identity = ProcessIdentity::from_run(&run);
         if force {
-            let _ = kill(Pid::from_raw(run.pid as i32), Signal::SIGKILL);
-        } else if let Ok(mut conn) = Connection::connect(&self.home.client_socket(name)).await {
-            let _ = conn.request_shutdown().await;
+            signal_if_alive(&identity, Signal::SIGKILL);
+        } else if status != SandboxStatus::Starting {
+            if let Ok(mut conn) = Connection::connect(&self.home.client_socket(name)).await {
+                let _ = conn.request_shutdown().await;
+            }
+        } else {
+            signal_if_alive(&identity, Signal::SIGTERM);
         }
         if !wait_dead(&identity, timeout).await {
-            let _ = kill(Pid::from_raw(run.pid as i32), Signal::SIGTERM);
+            signal_if_alive(&identity, Signal::SIGTERM);
             if !wait_dead(&identity, TERM_GRACE).await {
-                let _ = kill(Pid::from_raw(run.pid as i32), Signal::SIGKILL);
+                signal_if_alive(&identity, Signal::SIGKILL);
                 if !wait_dead(&identity, TERM_GRACE).await {
                     return Err(SandboxError::StopTimeout {
                         name: name.into(),
-                        pid: run.pid as i32,
+                        pid: run.pid,
                         waited: timeout + 2 * TERM_GRACE,
                     });
                 }
@@ -162,6 +166,30 @@ impl Cella {
         // A process killed before it could record its end leaves the row for the reconciler.
         lifecycle::reconcile_sandbox(&self.db, &self.home, name).await?;
         Ok(())
+    }
+
+    /// The status of active sandbox `name` and its current (unfinished) run. A sandbox that is
+    /// Starting may not have recorded its run yet: it is waited for up to [`RUN_ROW_WAIT`].
+    async fn current_run(&self, name: &str) -> Result<(SandboxStatus, RunRow), SandboxError> {
+        let deadline = Instant::now() + RUN_ROW_WAIT;
+        loop {
+            let summary = self.summary(name).await?;
+            let status = summary.sandbox.status;
+            if !status.is_active() {
+                let status = status.to_string();
+                return Err(SandboxError::NotRunning { name: name.into(), status });
+            }
+            match summary.latest_run {
+                Some(run) if run.status == RunStatus::Running => return Ok((status, run)),
+                _ if Instant::now() >= deadline => {
+                    return Err(SandboxError::NoCurrentRun {
+                        name: name.into(),
+                        waited: RUN_ROW_WAIT,
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Removes a sandbox, directory first, then its row. A running sandbox is refused unless
@@ -207,6 +235,14 @@ impl Cella {
             .find_sandbox_summary(name)
             .await?
             .ok_or_else(|| SandboxError::NotFound { name: name.into() })
+    }
+}
+
+/// Sends `signal` to the process with `identity` if that pid still is that process.
+fn signal_if_alive(identity: &ProcessIdentity, signal: Signal) {
+    if lifecycle::is_alive(identity) {
+        // ESRCH here means it exited since the check: the goal is reached either way.
+        let _ = kill(Pid::from_raw(identity.pid), signal);
     }
 }
 

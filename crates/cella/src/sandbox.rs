@@ -255,13 +255,22 @@ impl Sandbox {
         Ok(Output { exited, stdout, stderr })
     }
 
-    /// Asks the sandbox to shut down and waits up to `timeout` for its process to exit.
+    /// Asks the sandbox to shut down and waits up to `timeout` for its process (when this
+    /// handle started it) to exit. A process still alive after `timeout` is an error:
+    /// [`Cella::stop`] escalates to signals instead.
     pub async fn stop(mut self, timeout: Duration) -> Result<(), SandboxError> {
         if let Ok(mut conn) = self.connect().await {
             conn.request_shutdown().await?;
         }
-        self.wait_exit(timeout).await;
-        Ok(())
+        let pid = self.pid();
+        if self.wait_exit(timeout).await {
+            return Ok(());
+        }
+        Err(SandboxError::StopTimeout {
+            name: self.name.clone(),
+            pid: pid.map_or(-1, |pid| pid as i32),
+            waited: timeout,
+        })
     }
 
     /// Waits up to `timeout` for the sandbox process (if this handle started it) to exit.

@@ -35,6 +35,10 @@ pub const LOWER: &str = "/lower";
 pub const UPPER: &str = "/upper";
 /// Where the overlay is assembled before the switch.
 pub const NEW_ROOT: &str = "/newroot";
+/// Where the lower layer stays visible, read-only, after the switch (under the new root). It
+/// shows the root as the host provided it, before any write of this sandbox, and it keeps the
+/// host's read-only guarantee testable: a guest that remounts it read-write still cannot write.
+pub const LOWER_VIEW: &str = "run/cella/lower";
 
 /// 9p message size. The virtio transport caps it at 125 pages (512000 bytes on x86_64); asking
 /// for more only adds a kernel warning. Large messages cut round trips for big reads.
@@ -116,16 +120,26 @@ fn mount_lower(root: &RootSpec) -> Result<(), BootError> {
     }
 }
 
-/// Moves the kernel file systems into the new root and makes it `/`.
+/// Moves the kernel file systems and the lower layer into the new root and makes it `/`.
+///
+/// `/run` is mounted before the switch so that the lower layer can move under it
+/// ([`LOWER_VIEW`]); the overlay keeps its own reference to the lower layer, so the move does
+/// not disturb it.
 pub fn switch_root() -> Result<(), BootError> {
     let new_root = Path::new(NEW_ROOT);
     for dir in ["proc", "sys", "dev", "run", "tmp"] {
         mkdir(&new_root.join(dir), if dir == "tmp" { 0o1777 } else { 0o755 })?;
     }
-    for dir in ["/dev", "/proc", "/sys"] {
-        let target = new_root.join(&dir[1..]);
-        mount(Some(dir), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(|source| BootError::MoveMount { from: dir.into(), to: target, source })?;
+    let run = new_root.join("run");
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount_fs("tmpfs", &run.to_string_lossy(), "tmpfs", nosuid_nodev, Some("mode=0755"))?;
+    let lower_view = new_root.join(LOWER_VIEW);
+    mkdir(lower_view.parent().expect("LOWER_VIEW has a parent"), 0o755)?;
+    mkdir(&lower_view, 0o755)?;
+    for (from, to) in [("/dev", "dev"), ("/proc", "proc"), ("/sys", "sys"), (LOWER, LOWER_VIEW)] {
+        let target = new_root.join(to);
+        mount(Some(from), &target, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(|source| BootError::MoveMount { from: from.into(), to: target, source })?;
     }
 
     free_initramfs();
@@ -140,7 +154,8 @@ pub fn switch_root() -> Result<(), BootError> {
     Ok(())
 }
 
-/// Mounts devpts, /dev/shm, /run and /tmp inside the new root, and the /dev/fd links.
+/// Mounts devpts, /dev/shm and /tmp inside the new root (`/run` came with the switch), and the
+/// /dev/fd links.
 pub fn mount_runtime(tty_gid: Option<u32>) -> Result<(), BootError> {
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     mkdir(Path::new("/dev/pts"), 0o755)?;
@@ -157,7 +172,6 @@ pub fn mount_runtime(tty_gid: Option<u32>) -> Result<(), BootError> {
     )?;
     mkdir(Path::new("/dev/shm"), 0o1777)?;
     mount_fs("shm", "/dev/shm", "tmpfs", nosuid_nodev, Some("mode=1777"))?;
-    mount_fs("tmpfs", "/run", "tmpfs", nosuid_nodev, Some("mode=0755"))?;
     mount_fs("tmpfs", "/tmp", "tmpfs", nosuid_nodev, Some("mode=1777"))?;
 
     for (link, target) in [

@@ -4,7 +4,7 @@ use cella_db::RunRow;
 use clap::Args;
 use serde::Serialize;
 
-use super::ls::LsEntry;
+use super::ls::{age, LsEntry};
 use super::opts::runtime;
 
 /// Arguments of `cella inspect`.
@@ -42,21 +42,39 @@ pub fn main(args: InspectArgs) -> u8 {
         println!("{}", serde_json::to_string_pretty(&doc).expect("inspect output serialises"));
         return 0;
     }
-    let row = &summary.sandbox;
+    print_text(&summary.sandbox, &runs);
+    0
+}
+
+fn print_text(row: &cella_db::SandboxRow, runs: &[RunRow]) {
+    let now = cella_db::now_ms();
     println!("name:      {}", row.name);
     println!("status:    {}", row.status);
     println!("ephemeral: {}", row.ephemeral);
+    println!("created:   {} ({} ago)", timestamp(row.created_at), age(now - row.created_at));
     println!("config:    {}", row.config);
-    println!("runs:");
-    for run in &runs {
+    println!("runs:      {} (oldest first)", runs.len());
+    for run in runs {
         let exit = match (run.exit_code, run.exit_signal) {
             (Some(code), _) => format!("exit {code}"),
             (None, Some(signal)) => format!("signal {signal}"),
             (None, None) => "-".into(),
         };
         let reason = run.termination_reason.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-        let detail = run.termination_detail.as_deref().unwrap_or("");
-        println!("  #{} pid {} {} {} {} {}", run.id, run.pid, run.status, exit, reason, detail);
+        println!("  #{} pid {} {} {} {}", run.id, run.pid, run.status, exit, reason);
+        let span = match run.terminated_at {
+            Some(end) => format!("ended {} (ran {})", timestamp(end), age(end - run.started_at)),
+            None => format!("running for {}", age(now - run.started_at)),
+        };
+        println!("      started {}, {span}", timestamp(run.started_at));
+        if let Some(detail) = run.termination_detail.as_deref().filter(|d| !d.is_empty()) {
+            println!("      {detail}");
+        }
     }
-    0
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time, to the second.
+fn timestamp(ms: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }

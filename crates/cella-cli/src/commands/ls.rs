@@ -108,7 +108,7 @@ fn print_table(entries: &[LsEntry]) {
 }
 
 /// A short human age: `42s`, `5m`, `3h`, `2d`.
-fn age(ms: i64) -> String {
+pub fn age(ms: i64) -> String {
     let secs = (ms / 1000).max(0);
     match secs {
         s if s < 60 => format!("{s}s"),

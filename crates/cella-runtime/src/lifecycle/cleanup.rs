@@ -13,6 +13,7 @@
 //! 3. **Remove the directory** `sandboxes/<name>/`. A missing directory counts as removed (a
 //!    previous cleaner got this far and died). On failure release the claim and keep the row,
 //!    so the failure stays visible and the next sweep retries: [`CleanupOutcome::DirRemoveFailed`].
+//!    Stale sockets of a killed sandbox process go with it (the lock file stays).
 //! 4. **Delete the row** only while our token holds the claim and the row is still terminal
 //!    (and ephemeral): [`CleanupOutcome::Removed`]. Runs go with it (cascade).
 //!
@@ -71,8 +72,9 @@ pub async fn cleanup_sandbox(
     }
 }
 
-/// Removes a terminal sandbox, persistent or not (the `rm` path; the caller stops it first). A
-/// directory that cannot be removed is returned as [`LifecycleError::RemoveDir`], row kept.
+/// Removes a terminal or never-started (Created) sandbox, persistent or not (the `rm` path; the
+/// caller stops it first). A directory that cannot be removed is returned as
+/// [`LifecycleError::RemoveDir`], row kept.
 /// Never returns [`CleanupOutcome::SkippedPersistent`] or [`CleanupOutcome::DirRemoveFailed`].
 pub async fn remove_sandbox(
     db: &Db,
@@ -107,6 +109,18 @@ async fn remove(
     if let Err(source) = remove_dir(dir.clone()).await {
         db.release_cleanup_claim(sandbox.id, &token).await?;
         return Err(LifecycleError::RemoveDir { name: sandbox.name.clone(), path: dir, source });
+    }
+
+    // A sandbox process that was killed could not unlink its sockets. Nobody serves them now
+    // (no live run, and the claim keeps the name from starting again), so they go with the
+    // directory; the launcher lock file stays, as an flock on it is how the name is guarded.
+    for socket in [home.client_socket(&sandbox.name), home.agent_port_socket(&sandbox.name)] {
+        if let Err(e) = std::fs::remove_file(&socket) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(sandbox = %sandbox.name, path = %socket.display(), error = %e,
+                    "cannot remove a stale socket");
+            }
+        }
     }
 
     if db.delete_claimed_sandbox(sandbox.id, &token, ephemeral_only).await? {

@@ -141,21 +141,47 @@ async fn acquire(db: &Db) -> Result<LeaseGrant, SkipReason> {
     }
 }
 
+/// How much one sweep may do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SweepLimits {
+    /// Rows selected per phase.
+    pub rows_per_phase: u32,
+    /// Wall time for both phases.
+    pub duration: Duration,
+}
+
+impl SweepLimits {
+    /// What every sandbox process uses.
+    pub(crate) const DEFAULT: Self =
+        Self { rows_per_phase: MAX_ROWS_PER_PHASE, duration: MAX_SWEEP_DURATION };
+}
+
 /// Both phases, within the row and time budgets.
 async fn sweep(db: &Db, home: &Home) -> SweepReport {
+    sweep_within(db, home, SweepLimits::DEFAULT).await
+}
+
+/// Both phases, within `limits`.
+pub(crate) async fn sweep_within(db: &Db, home: &Home, limits: SweepLimits) -> SweepReport {
     let started = Instant::now();
-    let deadline = started + MAX_SWEEP_DURATION;
+    let deadline = started + limits.duration;
     let mut report = SweepReport::default();
 
-    reconcile_phase(db, home, deadline, &mut report).await;
-    cleanup_phase(db, home, deadline, &mut report).await;
+    reconcile_phase(db, home, deadline, limits.rows_per_phase, &mut report).await;
+    cleanup_phase(db, home, deadline, limits.rows_per_phase, &mut report).await;
 
     report.elapsed = started.elapsed();
     report
 }
 
-async fn reconcile_phase(db: &Db, home: &Home, deadline: Instant, report: &mut SweepReport) {
-    let Some(rows) = select(db, &[false, true], SandboxStatus::ACTIVE, report).await else {
+async fn reconcile_phase(
+    db: &Db,
+    home: &Home,
+    deadline: Instant,
+    limit: u32,
+    report: &mut SweepReport,
+) {
+    let Some(rows) = select(db, &[false, true], SandboxStatus::ACTIVE, limit, report).await else {
         return;
     };
     for summary in &rows {
@@ -176,8 +202,14 @@ async fn reconcile_phase(db: &Db, home: &Home, deadline: Instant, report: &mut S
     }
 }
 
-async fn cleanup_phase(db: &Db, home: &Home, deadline: Instant, report: &mut SweepReport) {
-    let Some(rows) = select(db, &[true], SandboxStatus::TERMINAL, report).await else {
+async fn cleanup_phase(
+    db: &Db,
+    home: &Home,
+    deadline: Instant,
+    limit: u32,
+    report: &mut SweepReport,
+) {
+    let Some(rows) = select(db, &[true], SandboxStatus::TERMINAL, limit, report).await else {
         return;
     };
     for summary in &rows {
@@ -203,9 +235,10 @@ async fn select(
     db: &Db,
     ephemeral: &[bool],
     statuses: &[SandboxStatus],
+    limit: u32,
     report: &mut SweepReport,
 ) -> Option<Vec<SandboxSummary>> {
-    match db.sandboxes_in_status(ephemeral, statuses, MAX_ROWS_PER_PHASE).await {
+    match db.sandboxes_in_status(ephemeral, statuses, limit).await {
         Ok(rows) => Some(rows),
         Err(e) => {
             report.errors += 1;

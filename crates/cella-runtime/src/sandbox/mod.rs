@@ -120,6 +120,13 @@ pub async fn run_prepared(
                 1
             }
         }
+        Err(SandboxError::Interrupted { signal }) => {
+            tracing::info!(sandbox = %config.name, signal, "stopped by a signal while booting");
+            record.interrupted(signal).await;
+            let line = error_line(&SandboxError::Interrupted { signal });
+            reporter.report(&ReadyReport::Failed { error: line });
+            1
+        }
         Err(err) => {
             let line = error_line(&err);
             tracing::error!(sandbox = %config.name, error = %line, "sandbox failed to start");

@@ -55,15 +55,18 @@ impl RunRecord {
         self.close(&end, SandboxStatus::Crashed).await;
     }
 
+    /// Records a boot that a host signal (or `cella stop`) cut short: nothing ran yet and the
+    /// VM was killed with the boot, so the sandbox is Stopped, not Crashed.
+    pub async fn interrupted(&self, signal: &str) {
+        let detail = format!("{signal} while the guest was booting");
+        let end = RunEnd::reason(TerminationReason::Signal, detail);
+        self.close(&end, SandboxStatus::Stopped).await;
+    }
+
     /// Records how the run ended. A sandbox that `stop` marked Draining ends with
     /// ShutdownRequested whatever triggered the last step.
     pub async fn finish(&self, termination: &Termination) {
-        let draining = matches!(
-            self.db.find_sandbox(self.name.as_str()).await,
-            Ok(Some(row)) if row.status == SandboxStatus::Draining
-        );
-        let reason =
-            if draining { TerminationReason::ShutdownRequested } else { termination.reason };
+        let reason = termination.reason;
         let (exit_code, exit_signal) = match termination.vm_exit {
             Some(VmExit::Exited(code)) => (Some(code), None),
             Some(VmExit::Signaled(signal)) => (None, Some(signal)),
@@ -76,7 +79,8 @@ impl RunRecord {
     }
 
     async fn close(&self, end: &RunEnd, to: SandboxStatus) {
-        match self.db.finish_run_and_set_status(self.run_id, end, to, LIVE).await {
+        let if_draining = TerminationReason::ShutdownRequested;
+        match self.db.finish_own_run(self.run_id, end, if_draining, to, LIVE).await {
             Ok(done) if !done.run_finished => {
                 tracing::warn!(sandbox = %self.name, run = self.run_id, "run was already closed by a reconciler");
             }

@@ -208,3 +208,147 @@ async fn finish(
     };
     Termination { reason, clean, detail, vm_exit: exit }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor against a scripted agent and a fake VMM: how the run's outcome follows from
+    //! the agent's final frame rather than from the VMM's exit status (msb_krun reports 0 for a
+    //! guest kernel panic as for a clean poweroff).
+
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use cella_protocol::{
+        FrameCodec, FrameKind, Goodbye, Hello, Message, CONTROL_STREAM, PROTOCOL_VERSION,
+    };
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+    use tokio::sync::oneshot;
+    use tokio_util::codec::{FramedRead, FramedWrite};
+
+    use super::*;
+    use crate::config::BackendKind;
+
+    /// A VMM that exits with status 0 once `exit` fires, or at once when there is none.
+    struct FakeVm {
+        exit: Option<oneshot::Receiver<()>>,
+    }
+
+    impl RunningVm for FakeVm {
+        fn pid(&self) -> Option<u32> {
+            None
+        }
+
+        fn wait(&mut self) -> Pin<Box<dyn Future<Output = std::io::Result<VmExit>> + Send + '_>> {
+            Box::pin(async move {
+                if let Some(exit) = self.exit.as_mut() {
+                    let _ = exit.await;
+                    self.exit = None;
+                }
+                Ok(VmExit::Exited(0))
+            })
+        }
+
+        fn kill(&mut self) -> std::io::Result<()> {
+            self.exit = None;
+            Ok(())
+        }
+    }
+
+    /// The guest end of the agent port.
+    struct Guest {
+        reader: FramedRead<ReadHalf<DuplexStream>, FrameCodec>,
+        writer: FramedWrite<WriteHalf<DuplexStream>, FrameCodec>,
+    }
+
+    fn config() -> SandboxConfig {
+        SandboxConfig {
+            name: "fake".into(),
+            rootfs: "/roots/fake".into(),
+            cpus: 1,
+            memory_mib: 256,
+            env: Vec::new(),
+            workdir: None,
+            backend: BackendKind::Krun,
+            ephemeral: false,
+            stop_when_detached: false,
+            idle_timeout_secs: None,
+            max_duration_secs: None,
+            boot_timeout_secs: None,
+        }
+    }
+
+    /// Runs the supervisor over a relay whose agent is `guest`'s other end.
+    async fn supervise_fake(vm: FakeVm, agent: impl FnOnce(Guest) -> Option<Guest>) -> Termination {
+        let (host, guest) = tokio::io::duplex(1 << 16);
+        let (host_read, host_write) = tokio::io::split(host);
+        let hello = Hello {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "fake".into(),
+            capabilities: vec!["exec".into()],
+            uptime_ms: 0,
+        };
+        let (relay, watch) = Relay::start(
+            FramedRead::new(host_read, FrameCodec::new()),
+            FramedWrite::new(host_write, FrameCodec::new()),
+            hello,
+        );
+        let (guest_read, guest_write) = tokio::io::split(guest);
+        let guest = Guest {
+            reader: FramedRead::new(guest_read, FrameCodec::new()),
+            writer: FramedWrite::new(guest_write, FrameCodec::new()),
+        };
+        let _keep_port_open = agent(guest);
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("sock")).unwrap();
+        let mut signals = Signals::install();
+        supervise(&config(), Box::new(vm), relay, watch, listener, &mut signals).await
+    }
+
+    #[tokio::test]
+    async fn vm_exit_status_zero_without_the_agents_goodbye_is_a_crash() {
+        let termination = supervise_fake(FakeVm { exit: None }, Some).await;
+
+        assert_eq!(termination.reason, TerminationReason::Failed);
+        assert!(!termination.clean, "{termination:?}");
+        assert_eq!(termination.vm_exit, Some(VmExit::Exited(0)));
+        assert!(termination.detail.contains("without the agent's goodbye"), "{termination:?}");
+    }
+
+    #[tokio::test]
+    async fn goodbye_acknowledged_then_poweroff_is_a_clean_stop() {
+        let (power_off, exit) = oneshot::channel();
+        let termination = supervise_fake(FakeVm { exit: Some(exit) }, move |mut guest| {
+            tokio::spawn(async move {
+                let goodbye = Goodbye { killed_sessions: 0 }.to_frame(CONTROL_STREAM).unwrap();
+                guest.writer.send(goodbye).await.unwrap();
+                while let Some(Ok(frame)) = guest.reader.next().await {
+                    if frame.kind == FrameKind::GoodbyeAck {
+                        let _ = power_off.send(());
+                        break;
+                    }
+                }
+                guest
+            });
+            None
+        })
+        .await;
+
+        assert_eq!(termination.reason, TerminationReason::Completed);
+        assert!(termination.clean, "{termination:?}");
+        assert_eq!(termination.vm_exit, Some(VmExit::Exited(0)));
+    }
+
+    #[tokio::test]
+    async fn agent_port_closing_kills_the_vm_and_records_a_crash() {
+        let (_never, exit) = oneshot::channel::<()>();
+        let termination = supervise_fake(FakeVm { exit: Some(exit) }, |guest| {
+            drop(guest);
+            None
+        })
+        .await;
+
+        assert_eq!(termination.reason, TerminationReason::InternalError);
+        assert!(!termination.clean, "{termination:?}");
+    }
+}

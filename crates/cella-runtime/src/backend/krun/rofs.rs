@@ -286,7 +286,7 @@ impl DynFileSystem for ReadOnlyFs {
         offset: u64,
         add_entry: &mut AddDirEntryPlus<'_>,
     ) -> io::Result<()> {
-        self.inner.readdirplus(ctx, inode, handle, size, offset, |dir, entry| add_entry(dir, entry))
+        self.inner.readdirplus(ctx, inode, handle, size, offset, add_entry)
     }
 
     fn fsyncdir(

@@ -151,3 +151,33 @@ async fn remove_takes_persistent_sandboxes_and_returns_dir_failures_as_errors() 
         CleanupOutcome::SkippedActive
     );
 }
+
+#[tokio::test]
+async fn rm_removes_a_created_sandbox_that_the_sweep_leaves_alone() {
+    let t = TestHome::new().await;
+    t.sandbox("fresh", true, Created).await;
+
+    let swept = cleanup_sandbox(&t.db, &t.home, "fresh").await.unwrap();
+    assert_eq!(swept, CleanupOutcome::SkippedActive, "a Created row may be about to start");
+    assert!(t.dir("fresh").exists());
+
+    assert_eq!(remove_sandbox(&t.db, &t.home, "fresh").await.unwrap(), CleanupOutcome::Removed);
+    assert!(!t.dir("fresh").exists());
+    assert_eq!(t.status("fresh").await, None);
+}
+
+#[tokio::test]
+async fn removal_takes_the_stale_sockets_of_a_killed_sandbox_process_and_keeps_its_lock() {
+    let t = TestHome::new().await;
+    t.sandbox("killed", false, Crashed).await;
+    std::fs::create_dir_all(t.home.run_dir()).unwrap();
+    let client = std::os::unix::net::UnixListener::bind(t.home.client_socket("killed")).unwrap();
+    drop(client); // As after SIGKILL: the socket file outlives its listener.
+    std::fs::write(t.home.agent_port_socket("killed"), b"").unwrap();
+    std::fs::write(t.home.lock_path("killed"), b"").unwrap();
+
+    assert_eq!(remove_sandbox(&t.db, &t.home, "killed").await.unwrap(), CleanupOutcome::Removed);
+    assert!(!t.home.client_socket("killed").exists());
+    assert!(!t.home.agent_port_socket("killed").exists());
+    assert!(t.home.lock_path("killed").exists(), "the lock file guards the name; it stays");
+}

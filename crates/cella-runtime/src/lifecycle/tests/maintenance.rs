@@ -3,6 +3,7 @@
 use cella_db::{now_ms, LeaseRow, SandboxStatus::*, SANDBOX_MAINTENANCE_LEASE};
 
 use super::support::{Sleeper, TestHome, TmpfsMount};
+use crate::lifecycle::maintenance::{sweep_within, SweepLimits};
 use crate::lifecycle::{
     run_startup_maintenance, MaintenanceOutcome, SkipReason, LEASE_DURATION, MAX_ROWS_PER_PHASE,
     MIN_SWEEP_INTERVAL,
@@ -132,4 +133,49 @@ async fn sweep_is_bounded_in_rows_per_phase() {
     assert!(report.removed == MAX_ROWS_PER_PHASE || report.truncated, "{report:?}");
     let left = t.db.list_sandboxes().await.unwrap().len() as u32;
     assert_eq!(left, rows - report.removed);
+}
+
+/// Five dead Running persistent sandboxes (phase 1's work) and five Stopped ephemeral ones
+/// (phase 2's).
+async fn stage_work_for_both_phases(t: &TestHome) {
+    let mut owner = Sleeper::spawn();
+    let identity = owner.identity();
+    owner.kill_and_reap();
+    for i in 0..5 {
+        t.sandbox_with_run(&format!("dead-{i}"), false, &identity, Running).await;
+        t.sandbox(&format!("eph-{i}"), true, Stopped).await;
+    }
+}
+
+#[tokio::test]
+async fn each_phase_handles_at_most_its_row_limit() {
+    let t = TestHome::new().await;
+    stage_work_for_both_phases(&t).await;
+    let limits = SweepLimits { rows_per_phase: 3, duration: std::time::Duration::from_secs(60) };
+
+    let report = sweep_within(&t.db, &t.home, limits).await;
+
+    assert_eq!((report.examined, report.reconciled, report.removed), (3, 3, 3), "{report:?}");
+    assert!(!report.truncated && report.errors == 0, "{report:?}");
+    let mut crashed = 0;
+    for i in 0..5 {
+        crashed += u32::from(t.status(&format!("dead-{i}")).await == Some(Crashed));
+    }
+    assert_eq!(crashed, 3);
+    let left = t.db.list_sandboxes().await.unwrap();
+    assert_eq!(left.iter().filter(|row| row.ephemeral).count(), 2);
+}
+
+#[tokio::test]
+async fn a_sweep_out_of_time_stops_and_reports_itself_truncated() {
+    let t = TestHome::new().await;
+    stage_work_for_both_phases(&t).await;
+    let limits = SweepLimits { rows_per_phase: 250, duration: std::time::Duration::ZERO };
+
+    let report = sweep_within(&t.db, &t.home, limits).await;
+
+    assert!(report.truncated, "{report:?}");
+    assert_eq!((report.examined, report.reconciled, report.removed), (0, 0, 0), "{report:?}");
+    assert_eq!(t.db.list_sandboxes().await.unwrap().len(), 10);
+    assert_eq!(t.status("dead-0").await, Some(Running), "left for the next sweep");
 }
