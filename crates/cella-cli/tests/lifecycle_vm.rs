@@ -223,6 +223,17 @@ fn expire_last_sweep(home: &TestHome) {
     });
 }
 
+/// The pid of the QEMU process of running sandbox `name`: its sandbox process's only child.
+fn qemu_of(home: &TestHome, name: &str) -> i32 {
+    let sandbox_pid = entry(home, name).unwrap()["pid"].as_i64().unwrap();
+    let children =
+        std::fs::read_to_string(format!("/proc/{sandbox_pid}/task/{sandbox_pid}/children"))
+            .unwrap_or_default();
+    let vmm: Vec<i32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(vmm.len(), 1, "expected one VMM child of the sandbox process: {vmm:?}");
+    vmm[0]
+}
+
 #[test]
 fn vm_frozen_guest_ends_with_agent_unresponsive() {
     if !require_vm("vm_frozen_guest_ends_with_agent_unresponsive") {
@@ -233,15 +244,10 @@ fn vm_frozen_guest_ends_with_agent_unresponsive() {
     // default backend (under krun the VM runs inside the sandbox process itself).
     ok(&home, &["create", "frozen", "--backend", "qemu"]);
     ok(&home, &["start", "frozen"]);
-    let sandbox_pid = entry(&home, "frozen").unwrap()["pid"].as_i64().unwrap();
-    let children =
-        std::fs::read_to_string(format!("/proc/{sandbox_pid}/task/{sandbox_pid}/children"))
-            .unwrap_or_default();
-    let vmm: Vec<i32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-    assert_eq!(vmm.len(), 1, "expected one VMM child of the sandbox process: {vmm:?}");
+    let vmm = qemu_of(&home, "frozen");
     // Freeze the whole VM: the agent's heartbeats stop, as they would in a hung guest.
     // SAFETY: plain kill(2) on the emulator this test's sandbox started.
-    unsafe { libc::kill(vmm[0], libc::SIGSTOP) };
+    unsafe { libc::kill(vmm, libc::SIGSTOP) };
     let crashed = wait_status(&home, "frozen", "Crashed", Duration::from_secs(150));
     assert_eq!(crashed["last_termination_reason"], "AgentUnresponsive");
     ok(&home, &["rm", "frozen"]);
@@ -277,4 +283,60 @@ fn vm_stopping_a_sandbox_that_is_still_booting_stops_it_in_order() {
     assert_eq!(ok(&home, &["exec", "early", "--", "echo", "up"]), "up\n");
     ok(&home, &["rm", "--force", "early"]);
     assert!(home.sandbox_rows().is_empty(), "{:?}", home.sandbox_rows());
+}
+
+#[test]
+fn vm_qemu_is_confined_and_sees_only_its_own_sandbox() {
+    if !require_vm("vm_qemu_is_confined_and_sees_only_its_own_sandbox") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "neighbour"]);
+    ok(&home, &["create", "boxed", "--backend", "qemu"]);
+    ok(&home, &["start", "boxed"]);
+    let qemu = qemu_of(&home, "boxed");
+
+    let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
+    let field = |name: &str| {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+        line.split_whitespace().nth(1).unwrap_or_default().to_string()
+    };
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("Seccomp:"), "2", "QEMU's seccomp filter is not on: {status}");
+    let limits = std::fs::read_to_string(format!("/proc/{qemu}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // /proc/PID/root resolves paths in QEMU's own mount namespace.
+        let seen = |rel: &str| {
+            let path = format!("/proc/{qemu}/root{}/{rel}", home.path().display());
+            let mut names: Vec<String> = std::fs::read_dir(path)
+                .map(|dir| dir.map(|e| e.unwrap().file_name().into_string().unwrap()).collect())
+                .unwrap_or_default();
+            names.sort();
+            names
+        };
+        assert_eq!(seen("sandboxes"), ["boxed"], "another sandbox is visible to QEMU");
+        assert_eq!(seen("sandboxes/boxed"), ["logs", "upper.ext4"]);
+        assert!(seen("db").is_empty(), "the state database is visible to QEMU");
+        assert!(!seen("run").iter().any(|n| n.starts_with("neighbour") || n == "boxed.sock"));
+        // The host's own view is unchanged.
+        assert!(home.path().join("sandboxes/neighbour").is_dir());
+        assert!(home.path().join("db/cella.db").is_file());
+    } else {
+        eprintln!("not root: QEMU runs without a private mount namespace; skipped that part");
+    }
+
+    // Confined, the guest still works: exec, then an orderly stop.
+    assert_eq!(ok(&home, &["exec", "boxed", "--", "echo", "fine"]), "fine\n");
+    ok(&home, &["stop", "boxed"]);
+    assert_eq!(status_of_run(&home, "boxed"), "ShutdownRequested");
+    ok(&home, &["rm", "boxed", "neighbour"]);
+}
+
+fn status_of_run(home: &TestHome, name: &str) -> String {
+    let e = entry(home, name).unwrap();
+    e["last_termination_reason"].as_str().unwrap_or_default().to_string()
 }

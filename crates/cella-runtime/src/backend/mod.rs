@@ -9,6 +9,7 @@
 //! (the [`probe`]) and its kernel library is installed; `auto` falls back to `qemu` otherwise,
 //! while an explicit `krun` fails at once with the probe's reason.
 
+pub mod confine;
 pub mod krun;
 pub mod probe;
 pub mod qemu;
@@ -46,6 +47,8 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// File receiving the VMM's own diagnostics.
     pub vmm_log: PathBuf,
+    /// The cella home. A confined VMM sees none of it but the paths above.
+    pub state_root: PathBuf,
 }
 
 /// How the VM process ended.
@@ -91,6 +94,15 @@ pub enum BackendError {
     /// The VMM process could not be spawned.
     #[error("cannot start {binary}")]
     Spawn {
+        /// The binary.
+        binary: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The VMM's confinement could not be prepared.
+    #[error("cannot confine {binary}: {source}")]
+    Confine {
         /// The binary.
         binary: String,
         /// Underlying error.

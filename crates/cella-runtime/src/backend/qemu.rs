@@ -10,7 +10,9 @@
 //!
 //! QEMU runs in its own session and process group, so a Ctrl-C on the user's terminal reaches
 //! the guest command through the agent instead of killing the emulator, and with
-//! `PR_SET_PDEATHSIG` so a sandbox process killed with SIGKILL never leaves it running.
+//! `PR_SET_PDEATHSIG` so a sandbox process killed with SIGKILL never leaves it running. It is
+//! confined ([`confine`]): its own seccomp filter, no new privileges, no core dumps, and (as
+//! root) a mount namespace in which the cella home holds only this sandbox's files.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -24,6 +26,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
 
+use super::confine::{self, Jail, Keep};
 use super::{probe, BackendError, LaunchedVm, RunningVm, VmExit, VmSpec};
 
 /// The emulator binary, looked up on PATH.
@@ -105,6 +108,7 @@ pub fn qemu_args(spec: &VmSpec, accel: Accel, host_khz: Option<u64>) -> Vec<OsSt
     push(&["-M", &machine, "-cpu", cpu]);
     push(&["-m", &spec.memory_mib.to_string(), "-smp", &spec.cpus.to_string()]);
     push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+    push(&confine::SECCOMP_ARGS);
     push(&[
         "-kernel",
         &spec.kernel.to_string_lossy(),
@@ -163,7 +167,15 @@ pub async fn launch(spec: &VmSpec, accel: Accel) -> Result<LaunchedVm, BackendEr
     let argv: Vec<_> =
         std::iter::once(binary.as_os_str()).chain(args.iter().map(OsString::as_os_str)).collect();
     tracing::info!(sandbox = %spec.name, ?argv, "qemu command line");
-    let mut child = spawn(&binary, args, &spec.vmm_log)?;
+    let jail = Jail::prepare(&spec.state_root, &kept_paths(spec))
+        .map_err(|source| BackendError::Confine { binary: QEMU_BINARY.into(), source })?;
+    if jail.hides_home() {
+        tracing::debug!(sandbox = %spec.name, "qemu runs in its own mount namespace");
+    } else {
+        tracing::info!(sandbox = %spec.name,
+            "qemu sees the whole cella home: a private mount namespace needs root");
+    }
+    let mut child = spawn(&binary, args, &spec.vmm_log, jail)?;
     let port = tokio::select! {
         accepted = listener.accept() => accepted
             .map(|(stream, _)| stream)
@@ -192,7 +204,25 @@ pub async fn launch(spec: &VmSpec, accel: Accel) -> Result<LaunchedVm, BackendEr
     }
 }
 
-fn spawn(binary: &Path, args: Vec<OsString>, log: &Path) -> Result<Child, BackendError> {
+/// What QEMU opens by path: everything else in the cella home is hidden from it.
+fn kept_paths(spec: &VmSpec) -> Vec<Keep> {
+    let mut keep = vec![Keep::ro(&spec.kernel), Keep::ro(&spec.initramfs), Keep::ro(&spec.rootfs)];
+    keep.push(Keep::rw(&spec.port_socket));
+    if let Some(logs) = spec.console_log.parent() {
+        keep.push(Keep::rw(logs));
+    }
+    if let Some(disk) = &spec.upper_disk {
+        keep.push(Keep::rw(disk));
+    }
+    keep
+}
+
+fn spawn(
+    binary: &Path,
+    args: Vec<OsString>,
+    log: &Path,
+    jail: Jail,
+) -> Result<Child, BackendError> {
     let log_err = |source| BackendError::Log { path: log.to_path_buf(), source };
     let out = File::create(log).map_err(log_err)?;
     let err = out.try_clone().map_err(log_err)?;
@@ -201,7 +231,8 @@ fn spawn(binary: &Path, args: Vec<OsString>, log: &Path) -> Result<Child, Backen
     let mut cmd = std::process::Command::new(binary);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (setsid, prctl, getppid, _exit); it allocates nothing and touches no locks.
+    // functions (setsid, prctl, getppid, _exit, and the system calls of `Jail::enter`, whose
+    // strings were all built before the fork); it allocates nothing and touches no locks.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
@@ -212,7 +243,7 @@ fn spawn(binary: &Path, args: Vec<OsString>, log: &Path) -> Result<Child, Backen
             if libc::getppid() as u32 != parent {
                 libc::_exit(1);
             }
-            Ok(())
+            jail.enter()
         });
     }
     Command::from(cmd)
@@ -263,6 +294,7 @@ mod tests {
             port_socket: "/run/t1.port".into(),
             console_log: "/s/console.log".into(),
             vmm_log: "/s/vmm.log".into(),
+            state_root: "/home-of-cella".into(),
         }
     }
 

@@ -181,6 +181,7 @@ fn vm_spec(
         port_socket: home.agent_port_socket(&config.name),
         console_log: logs.join("console.log"),
         vmm_log: logs.join("vmm.log"),
+        state_root: home.root().to_path_buf(),
     }
 }
 

@@ -117,6 +117,7 @@ mod tests {
             port_socket: "/run/box-1.port".into(),
             console_log: "/s/box-1/logs/console.log".into(),
             vmm_log: "/s/box-1/logs/vmm.log".into(),
+            state_root: "/home-of-cella".into(),
         }
     }
 

@@ -127,6 +127,7 @@ mod tests {
             port_socket: dir.join("t.port"),
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
+            state_root: "/home-of-cella".into(),
         }
     }
 
