@@ -442,3 +442,45 @@ fn vm_run_ctrl_c_at_a_terminal_reaches_the_guest_command() {
     assert!(String::from_utf8_lossy(&seen).contains("got-int"));
     assert_nothing_left(&home);
 }
+
+/// Runs `script` with stdout on a pipe whose reader takes two lines and leaves, as `| head -2`
+/// does; returns the exit status and stderr.
+fn run_into_a_reader_that_leaves(home: &TestHome, script: &str) -> (Option<i32>, String) {
+    let mut cmd = home.command(BIN);
+    cmd.args(["run", "--", "sh", "-c", script]);
+    cmd.stdin(std::process::Stdio::null());
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert_eq!(line, "y\n");
+    }
+    drop(stdout);
+    let mut stderr = child.stderr.take().unwrap();
+    let status = wait_or_kill(&mut child, COMMAND_TIMEOUT);
+    let mut text = String::new();
+    stderr.read_to_string(&mut text).unwrap();
+    (status.code(), text)
+}
+
+#[test]
+fn vm_run_whose_output_reader_leaves_ends_like_a_host_pipeline() {
+    if !require_vm("vm_run_whose_output_reader_leaves_ends_like_a_host_pipeline") {
+        return;
+    }
+    let home = TestHome::new();
+    // `yes | head -2` on a host: yes dies of SIGPIPE, 128 + 13.
+    let (code, stderr) = run_into_a_reader_that_leaves(&home, "yes");
+    assert_eq!(code, Some(141), "{stderr}");
+    assert_nothing_left(&home);
+
+    // A command that handles SIGPIPE decides for itself.
+    let script =
+        "trap 'echo got-sigpipe >&2; exit 9' PIPE; while true; do echo y; sleep 0.05; done";
+    let (code, stderr) = run_into_a_reader_that_leaves(&home, script);
+    assert_eq!(code, Some(9), "{stderr}");
+    assert_eq!(stderr, "got-sigpipe\n");
+    assert_nothing_left(&home);
+}

@@ -7,6 +7,7 @@
 //! within the credit the agent granted.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cella_protocol::{
@@ -78,8 +79,13 @@ impl Connection {
         let stream = self.next_stream;
         self.next_stream += 1;
         self.writer.send(request.to_frame(stream)?).await?;
-        let mut pump =
-            Pump { stream, stdin_credit: INITIAL_WINDOW as usize, stdin_open: io.stdin.is_some() };
+        let mut pump = Pump {
+            stream,
+            stdin_credit: INITIAL_WINDOW as usize,
+            stdin_open: io.stdin.is_some(),
+            closed_sinks: [false; 2],
+            last_sigpipe: None,
+        };
         pump.run(&mut self.reader, &mut self.writer, io).await
     }
 }
@@ -98,10 +104,17 @@ pub struct ExecIo<'a> {
     pub resizes: Option<&'a mut mpsc::Receiver<WindowSize>>,
 }
 
+/// Least time between two SIGPIPEs sent for output that had nowhere to go.
+const SIGPIPE_INTERVAL: Duration = Duration::from_millis(500);
+
 struct Pump {
     stream: u64,
     stdin_credit: usize,
     stdin_open: bool,
+    /// stdout / stderr whose reader has gone (EPIPE): their output is dropped.
+    closed_sinks: [bool; 2],
+    /// When the command was last sent SIGPIPE for writing to a closed sink.
+    last_sigpipe: Option<Instant>,
 }
 
 impl Pump {
@@ -168,12 +181,17 @@ impl Pump {
         }
         match frame.kind {
             FrameKind::Stdout | FrameKind::Stderr => {
-                let (sink, which) = if frame.kind == FrameKind::Stdout {
-                    (&mut *io.stdout, StreamId::Stdout)
+                let (sink, which, slot) = if frame.kind == FrameKind::Stdout {
+                    (&mut *io.stdout, StreamId::Stdout, 0)
                 } else {
-                    (&mut *io.stderr, StreamId::Stderr)
+                    (&mut *io.stderr, StreamId::Stderr, 1)
                 };
-                write_output(sink, &frame.payload).await?;
+                if !self.closed_sinks[slot] && !write_output(sink, &frame.payload).await? {
+                    self.closed_sinks[slot] = true;
+                }
+                if self.closed_sinks[slot] {
+                    self.sigpipe(writer).await?;
+                }
                 let credit = Credit { stream: which, bytes: frame.payload.len() as u32 };
                 writer.send(credit.to_frame(self.stream)?).await?;
             }
@@ -199,18 +217,37 @@ impl Pump {
     }
 }
 
-/// Writes one chunk of output; a closed sink (for example a pipe whose reader left) is not an
-/// error for the session, the bytes are dropped.
+impl Pump {
+    /// The command wrote to a sink whose reader has gone: on a host it would get SIGPIPE from
+    /// that write, so it gets SIGPIPE here (at most every [`SIGPIPE_INTERVAL`]). A command that
+    /// ignores it goes on, its output dropped, as it would with EPIPE.
+    async fn sigpipe(
+        &mut self,
+        writer: &mut FramedWrite<OwnedWriteHalf, FrameCodec>,
+    ) -> Result<(), ClientError> {
+        if self.last_sigpipe.is_some_and(|at| at.elapsed() < SIGPIPE_INTERVAL) {
+            return Ok(());
+        }
+        self.last_sigpipe = Some(Instant::now());
+        writer.send(SignalRequest { signal: libc::SIGPIPE }.to_frame(self.stream)?).await?;
+        Ok(())
+    }
+}
+
+/// Writes one chunk of output. Returns false when the sink is closed (a pipe whose reader
+/// left): not an error for the session, the bytes are dropped.
 async fn write_output(
     sink: &mut (dyn AsyncWrite + Unpin + Send),
     data: &[u8],
-) -> Result<(), ClientError> {
-    match sink.write_all(data).await {
-        Ok(()) => {
-            let _ = sink.flush().await;
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+) -> Result<bool, ClientError> {
+    // tokio's stdout writes on a background thread: a failed write surfaces in the flush.
+    let written = match sink.write_all(data).await {
+        Ok(()) => sink.flush().await,
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
         Err(e) => Err(ClientError::Output(e)),
     }
 }
