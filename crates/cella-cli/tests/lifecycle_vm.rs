@@ -109,6 +109,11 @@ fn vm_run_keep_leaves_a_stopped_sandbox_that_starts_again_with_its_files() {
 
     ok(&home, &["start", "kept"]);
     assert_eq!(ok(&home, &["exec", "kept", "--", "cat", "/root/state"]), "v1\n");
+    // Started again, it is an ordinary persistent sandbox: the exec's client leaving does not
+    // stop it, as it stopped the boot `cella run` attached to.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(status(&home, "kept"), "Running");
+    assert_eq!(ok(&home, &["exec", "kept", "--", "echo", "again"]), "again\n");
     ok(&home, &["rm", "-f", "kept"]);
 }
 

@@ -153,7 +153,8 @@ pub struct SandboxConfig {
     pub backend: BackendKind,
     /// Removed (row and directory) once it stops.
     pub ephemeral: bool,
-    /// Stop once the client that started it has gone and no session is left (`cella run`).
+    /// Stop once the client that started it has gone and no session is left (`cella run`). The
+    /// sandbox process honours it on the first boot only.
     pub stop_when_detached: bool,
     /// Stop after this long without a session or client.
     pub idle_timeout_secs: Option<u64>,

@@ -86,7 +86,9 @@ impl SandboxBuilder {
         self.config.ephemeral = ephemeral;
         self
     }
-    /// Stop the sandbox once its first client has gone and no session is left.
+    /// Stop the sandbox once its first client has gone and no session is left. Applies to the
+    /// boot this builder starts only: a persistent sandbox started again later lives until it
+    /// is stopped.
     pub fn stop_when_detached(mut self, stop: bool) -> Self {
         self.config.stop_when_detached = stop;
         self

@@ -154,7 +154,17 @@ pub async fn prepare(home: &Home, name: &str) -> Result<Prepared, SandboxError> 
     let config: SandboxConfig = serde_json::from_value(row.config)
         .map_err(|source| SandboxError::StoredConfig { name: name.to_string(), source })?;
     config.validate()?;
+    let mut config = config;
     let record = RunRecord::begin(db, name).await?;
+    // Stopping once detached belongs to the boot that `cella run` (or the SDK's create) attaches
+    // to: a kept sandbox started again later lives until it is stopped.
+    if config.stop_when_detached {
+        let runs = record.db().runs(name).await.map_err(LifecycleError::from)?;
+        if runs.len() > 1 {
+            tracing::debug!(sandbox = %name, "not the first boot: not stopping when detached");
+            config.stop_when_detached = false;
+        }
+    }
     Ok(Prepared { config, record })
 }
 
