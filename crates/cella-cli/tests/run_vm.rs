@@ -276,8 +276,8 @@ fn vm_run_killed_with_sigkill_leaves_no_emulator() {
 }
 
 #[test]
-fn vm_sandbox_process_killed_with_sigkill_leaves_no_emulator() {
-    if !require_vm("vm_sandbox_process_killed_with_sigkill_leaves_no_emulator") {
+fn vm_sandbox_process_killed_with_sigkill_leaves_no_emulator_and_no_sandbox() {
+    if !require_vm("vm_sandbox_process_killed_with_sigkill_leaves_no_emulator_and_no_sandbox") {
         return;
     }
     let home = TestHome::new();
@@ -302,6 +302,10 @@ fn vm_sandbox_process_killed_with_sigkill_leaves_no_emulator() {
         assert!(Instant::now() < deadline, "emulator still running after its owner was killed");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `cella run` settled the crash itself: the ephemeral sandbox is gone when it returns.
+    assert!(home.sandbox_rows().is_empty(), "{:?}", home.sandbox_rows());
+    assert!(home.sandbox_dirs().is_empty(), "{:?}", home.sandbox_dirs());
+    assert_nothing_left(&home);
 }
 
 #[test]

@@ -215,6 +215,15 @@ impl Cella {
         }
     }
 
+    /// Settles a sandbox whose process has gone: records a run that process could not close
+    /// (Crashed, or Stopped after a stop) and removes an ephemeral sandbox it could not remove
+    /// itself, as the next startup sweep would. Nothing to do is not an error.
+    pub async fn settle(&self, name: &str) -> Result<(), SandboxError> {
+        lifecycle::reconcile_sandbox(&self.db, &self.home, name).await?;
+        lifecycle::cleanup_sandbox(&self.db, &self.home, name).await?;
+        Ok(())
+    }
+
     /// Every sandbox with its latest run, reconciled.
     pub async fn list(&self) -> Result<Vec<SandboxSummary>, SandboxError> {
         Ok(lifecycle::list_reconciled(&self.db, &self.home).await?)

@@ -6,10 +6,13 @@
 //! removed, row and directory; with `--keep` it stays, Stopped, and `cella start` boots it again
 //! with its files.
 //!
-//! A signal during the boot stops the sandbox and exits with 128 + the signal.
+//! A signal during the boot stops the sandbox and exits with 128 + the signal. If the sandbox
+//! process itself is killed, `cella run` records the crash and removes an ephemeral sandbox.
 
 use std::time::Duration;
 
+use cella::Cella;
+use cella_runtime::home::Home;
 use clap::Args;
 
 use super::attach::{attach, exit_status, ForwardedSignals};
@@ -75,7 +78,13 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let request = sandbox.exec_request(args.command.clone());
     let exited = attach(&sandbox, request, &mut signals).await;
-    sandbox.wait_exit(CLEANUP_WAIT).await;
+    if sandbox.wait_exit(CLEANUP_WAIT).await {
+        // Normally the sandbox process has recorded its end and removed an ephemeral sandbox;
+        // if it was killed, that falls to us rather than to the next sweep.
+        if let Err(e) = Cella::open_at(Home::at(sandbox.home_dir())).await?.settle(&name).await {
+            tracing::warn!(sandbox = %name, error = %e, "cannot settle the finished sandbox");
+        }
+    }
     Ok(exit_status(&exited?))
 }
 
