@@ -120,3 +120,32 @@ fn krun_backend_explains_why_it_cannot_run_here() {
     }
     assert!(home.sandbox_dirs().is_empty(), "left {:?}", home.sandbox_dirs());
 }
+
+#[test]
+fn zero_or_huge_timeouts_are_usage_errors() {
+    let home = TestHome::new();
+    for (flag, value, max) in [
+        ("--max-duration", "0", "31536000"),
+        ("--idle-timeout", "0", "31536000"),
+        ("--boot-timeout", "0", "3600"),
+        ("--boot-timeout", "3601", "3600"),
+        ("--idle-timeout", "1.5", "31536000"),
+    ] {
+        let out = run(&home, &["run", flag, value, "--", "true"]);
+        assert_eq!(out.code(), 125, "{flag} {value}: {out:?}");
+        let first = out.stderr_text().lines().next().unwrap_or_default().to_string();
+        assert!(first.contains(flag), "{first}");
+        assert!(first.contains(&format!("seconds from 1 to {max}")), "{first}");
+        assert!(home.sandbox_dirs().is_empty(), "left {:?}", home.sandbox_dirs());
+    }
+}
+
+#[test]
+fn exec_with_a_relative_working_directory_is_refused_before_connecting() {
+    let home = TestHome::new();
+    assert_fails_with(
+        &home,
+        &["exec", "-w", "relative", "anything", "--", "pwd"],
+        "working directory \"relative\" must be an absolute path",
+    );
+}

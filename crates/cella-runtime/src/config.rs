@@ -175,9 +175,7 @@ impl SandboxConfig {
         validate_cpus(self.cpus as u32)?;
         validate_rootfs(&self.rootfs)?;
         if let Some(dir) = &self.workdir {
-            if !dir.starts_with('/') {
-                return Err(ConfigError::RelativeWorkdir { path: dir.clone() });
-            }
+            validate_workdir(dir)?;
         }
         Ok(())
     }
@@ -212,6 +210,14 @@ pub fn validate_name(name: &str) -> Result<(), ConfigError> {
         }
         Err(other) => unreachable!("name validation returned {other}"),
     }
+}
+
+/// Checks a working directory: commands start there inside the guest, so it must be absolute.
+pub fn validate_workdir(dir: &str) -> Result<(), ConfigError> {
+    if !dir.starts_with('/') {
+        return Err(ConfigError::RelativeWorkdir { path: dir.to_string() });
+    }
+    Ok(())
 }
 
 /// Checks a vCPU count.

@@ -29,6 +29,9 @@ pub struct ExecArgs {
 pub fn main(args: ExecArgs) -> u8 {
     let runtime = runtime();
     let status = runtime.block_on(async {
+        if let Some(dir) = &args.workdir {
+            cella_runtime::config::validate_workdir(dir)?;
+        }
         let mut signals = ForwardedSignals::install()?;
         let sandbox = cella::Cella::open().await?.sandbox(&args.name).await?;
         let mut request = sandbox.exec_request(args.command.clone());

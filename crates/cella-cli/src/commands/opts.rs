@@ -32,15 +32,26 @@ pub struct SandboxOpts {
     #[arg(long, env = "CELLA_BACKEND", default_value = "auto", value_name = "BACKEND")]
     pub backend: String,
     /// Stop the sandbox after this many seconds without a connected client or running command
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds_up_to::<YEAR>)]
     pub idle_timeout: Option<u64>,
     /// Stop the sandbox after it has run this many seconds, whatever runs in it
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds_up_to::<YEAR>)]
     pub max_duration: Option<u64>,
     /// Seconds the guest may take to boot before cella gives up [default: 90 under software
     /// emulation, 15 with KVM]
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = seconds_up_to::<HOUR>)]
     pub boot_timeout: Option<u64>,
+}
+
+const HOUR: u64 = 3600;
+const YEAR: u64 = 365 * 24 * HOUR;
+
+/// A timeout in whole seconds, from 1 to `MAX`: 0 would end a sandbox before it did anything.
+fn seconds_up_to<const MAX: u64>(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(secs) if (1..=MAX).contains(&secs) => Ok(secs),
+        _ => Err(format!("expected a whole number of seconds from 1 to {MAX}")),
+    }
 }
 
 impl SandboxOpts {
