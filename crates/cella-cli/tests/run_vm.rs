@@ -176,6 +176,8 @@ fn vm_run_boot_timeout_kills_a_guest_that_never_answers() {
     let stderr = out.stderr_text();
     assert!(stderr.contains("did not answer within 8s"), "{stderr}");
     assert!(stderr.contains("silent-init: up"), "console tail missing: {stderr}");
+    // The ephemeral sandbox's files are gone by now: the message must not send anyone there.
+    assert!(!stderr.contains("/sandboxes/"), "{stderr}");
     assert_nothing_left(&home);
 }
 

@@ -48,30 +48,32 @@ pub enum BootError {
     #[error(transparent)]
     Backend(#[from] BackendError),
     /// The guest did not answer in time.
-    #[error("guest did not answer within {waited:?} (boot timeout); console log {log} ends with:\n{tail}")]
+    #[error("guest did not answer within {waited:?} (boot timeout); {log} ends with:\n{tail}")]
     Timeout {
         /// How long it had.
         waited: Duration,
         /// The console log.
-        log: PathBuf,
+        log: ConsoleRef,
         /// Its last lines.
         tail: String,
     },
     /// The VM ended before the agent answered.
     #[error(
-        "guest stopped during boot before its agent answered; console log {log} ends with:\n{tail}"
+        "guest stopped during boot before its agent answered{vmm_said}; {log} ends with:\n{tail}"
     )]
     VmExited {
+        /// What the VMM printed last, as `; the VMM said: ...`, or empty.
+        vmm_said: String,
         /// The console log.
-        log: PathBuf,
+        log: ConsoleRef,
         /// Its last lines.
         tail: String,
     },
     /// The VMM itself failed while the guest was booting.
-    #[error("the VMM failed while the guest was booting; console log {log} ends with:\n{tail}")]
+    #[error("the VMM failed while the guest was booting; {log} ends with:\n{tail}")]
     VmmFailed {
         /// The console log.
-        log: PathBuf,
+        log: ConsoleRef,
         /// Its last lines.
         tail: String,
         /// What the VMM reported.
@@ -91,6 +93,43 @@ pub enum BootError {
     /// The agent's first frame was not a valid hello.
     #[error("guest agent handshake failed")]
     Handshake(#[source] ProtocolError),
+}
+
+/// The console log a boot error quotes, as its message names it: by path when the file stays,
+/// as "its kernel console" when it goes with an ephemeral sandbox.
+#[derive(Debug, Clone)]
+pub struct ConsoleRef {
+    /// The console log.
+    pub path: PathBuf,
+    /// Whether the file outlives the sandbox process.
+    pub kept: bool,
+}
+
+impl std::fmt::Display for ConsoleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kept {
+            write!(f, "console log {}", self.path.display())
+        } else {
+            f.write_str("its kernel console")
+        }
+    }
+}
+
+/// Console lines every boot prints and that explain nothing (microvm has no PCI bus).
+const ROUTINE_CONSOLE_LINES: &[&str] = &["PCI: Fatal: No config space access function found"];
+
+/// The last lines of the console log worth quoting, or a note that there are none.
+fn console_tail(path: &std::path::Path) -> String {
+    let tail = backend::log_tail(path, CONSOLE_TAIL_LINES + ROUTINE_CONSOLE_LINES.len());
+    if tail.is_empty() {
+        return "(nothing: the guest kernel printed nothing)".into();
+    }
+    let lines: Vec<&str> =
+        tail.lines().filter(|l| !ROUTINE_CONSOLE_LINES.iter().any(|r| l.contains(r))).collect();
+    if lines.is_empty() {
+        return "(nothing but routine lines: the guest kernel printed no warning)".into();
+    }
+    lines[lines.len().saturating_sub(CONSOLE_TAIL_LINES)..].join("\n")
 }
 
 /// A guest whose agent has answered.
@@ -134,12 +173,12 @@ pub async fn boot(home: &Home, config: &SandboxConfig, host: &Host) -> Result<Bo
     let (read_half, write_half) = launched.port.into_split();
     let mut reader = FramedRead::new(read_half, FrameCodec::new());
     let mut writer = FramedWrite::new(write_half, FrameCodec::new());
-    let console = spec.console_log.clone();
+    let console = ConsoleRef { path: spec.console_log.clone(), kept: !config.ephemeral };
     let hello = tokio::select! {
         hello = handshake(&mut reader, &mut writer) => hello,
-        exit = vm.wait() => Err(vm_ended_early(exit, &console)),
+        exit = vm.wait() => Err(vm_ended_early(exit, &console, &spec.vmm_log)),
         _ = tokio::time::sleep(timeout) => Err(BootError::Timeout {
-            waited: timeout, tail: backend::log_tail(&console, CONSOLE_TAIL_LINES), log: console.clone(),
+            waited: timeout, tail: console_tail(&console.path), log: console.clone(),
         }),
     };
     match hello {
@@ -209,10 +248,20 @@ async fn launch(
 }
 
 /// The error for a VM that ended before its agent answered.
-fn vm_ended_early(exit: std::io::Result<backend::VmExit>, console: &std::path::Path) -> BootError {
-    let (log, tail) = (console.to_path_buf(), backend::log_tail(console, CONSOLE_TAIL_LINES));
+fn vm_ended_early(
+    exit: std::io::Result<backend::VmExit>,
+    console: &ConsoleRef,
+    vmm_log: &std::path::Path,
+) -> BootError {
+    let (log, tail) = (console.clone(), console_tail(&console.path));
     match exit {
-        Ok(_) => BootError::VmExited { log, tail },
+        Ok(_) => {
+            // QEMU says on stderr why it stopped (no memory for the guest, a device it refused).
+            let said: String =
+                backend::log_tail(vmm_log, 3).replace('\n', " / ").chars().take(500).collect();
+            let vmm_said = if said.is_empty() { said } else { format!("; the VMM said: {said}") };
+            BootError::VmExited { vmm_said, log, tail }
+        }
         Err(source) => BootError::VmmFailed { log, tail, source },
     }
 }
@@ -274,6 +323,28 @@ mod tests {
 
     use super::*;
     use crate::backend::krun::{krun_config, KrunAssets};
+
+    #[test]
+    fn boot_errors_quote_the_console_without_routine_lines_or_a_path_that_goes_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        assert_eq!(console_tail(&log), "(nothing: the guest kernel printed nothing)");
+        std::fs::write(&log, "[ 0.2] PCI: Fatal: No config space access function found\n").unwrap();
+        assert!(console_tail(&log).starts_with("(nothing but routine lines"));
+        let mut text = String::from("[ 0.2] PCI: Fatal: No config space access function found\n");
+        for i in 0..40 {
+            text.push_str(&format!("[ 1.{i}] line {i}\n"));
+        }
+        std::fs::write(&log, text).unwrap();
+        let tail = console_tail(&log);
+        assert_eq!(tail.lines().count(), CONSOLE_TAIL_LINES);
+        assert!(tail.ends_with("line 39") && !tail.contains("PCI"), "{tail}");
+
+        let kept = ConsoleRef { path: log.clone(), kept: true };
+        assert_eq!(kept.to_string(), format!("console log {}", log.display()));
+        let gone = ConsoleRef { path: log, kept: false };
+        assert_eq!(gone.to_string(), "its kernel console");
+    }
 
     fn config() -> SandboxConfig {
         SandboxConfig {
