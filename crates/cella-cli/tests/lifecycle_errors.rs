@@ -74,6 +74,13 @@ fn stopping_or_execing_a_sandbox_that_is_not_running_changes_nothing() {
 }
 
 #[test]
+fn logs_of_a_sandbox_that_never_started_say_so() {
+    let home = TestHome::new();
+    ok(&home, &["create", "fresh"]);
+    refused(&home, &["logs", "fresh"], "no logs for sandbox fresh yet: it has never been started");
+}
+
+#[test]
 fn a_created_sandbox_is_removed_with_its_directory() {
     let home = TestHome::new();
     ok(&home, &["create", "gone"]);

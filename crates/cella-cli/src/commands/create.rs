@@ -10,7 +10,8 @@ use super::opts::{runtime, SandboxOpts};
     after_help = "Example:\n  cella create web --memory 1024 && cella start web && cella exec web -- uname -a"
 )]
 pub struct CreateArgs {
-    /// Name of the sandbox: letters, digits, '-', '_' and '.', at most 63 characters
+    /// Name of the sandbox: 1 to 63 letters, digits, '-', '_' and '.', starting with a letter
+    /// or digit, no '..'
     name: String,
     #[command(flatten)]
     opts: SandboxOpts,

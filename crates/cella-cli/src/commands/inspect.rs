@@ -52,7 +52,11 @@ fn print_text(row: &cella_db::SandboxRow, runs: &[RunRow]) {
     println!("status:    {}", row.status);
     println!("ephemeral: {}", row.ephemeral);
     println!("created:   {} ({} ago)", timestamp(row.created_at), age(now - row.created_at));
-    println!("config:    {}", row.config);
+    println!("config:");
+    let config = serde_json::to_string_pretty(&row.config).expect("stored config serialises");
+    for line in config.lines() {
+        println!("  {line}");
+    }
     println!("runs:      {} (oldest first)", runs.len());
     for run in runs {
         let exit = match (run.exit_code, run.exit_signal) {

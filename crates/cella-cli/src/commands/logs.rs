@@ -23,7 +23,14 @@ pub fn main(args: LogsArgs) -> u8 {
     };
     let dir = home.sandbox_dir(&args.name).join("logs");
     if !dir.is_dir() {
-        let err = anyhow::anyhow!("no logs for sandbox {} (ephemeral sandboxes are removed with their logs when they stop)", args.name);
+        let name = &args.name;
+        let err = if home.sandbox_dir(name).is_dir() {
+            anyhow::anyhow!(
+                "no logs for sandbox {name} yet: it has never been started (`cella start {name}`)"
+            )
+        } else {
+            anyhow::anyhow!("no logs for sandbox {name}: no such sandbox (ephemeral sandboxes are removed with their logs when they stop)")
+        };
         return crate::fail(&err);
     }
     for file in ["runtime.log", "console.log", "vmm.log"] {
