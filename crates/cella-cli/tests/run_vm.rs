@@ -39,6 +39,7 @@ fn vm_run_separates_stdout_and_stderr_and_returns_the_exit_code() {
     assert_eq!(out.stdout, b"out\n");
     assert_eq!(out.stderr, b"err\n");
     assert_nothing_left(&home);
+    assert!(home.run_entries().is_empty(), "socket or lock file left: {:?}", home.run_entries());
 }
 
 #[test]

@@ -266,6 +266,8 @@ impl Sandbox {
         }
         let pid = self.pid();
         if self.wait_exit(timeout).await {
+            // What its process could not do itself: remove the lock file it held to the end.
+            Cella::open_at(self.home.clone()).await?.settle(&self.name).await?;
             return Ok(());
         }
         Err(SandboxError::StopTimeout {

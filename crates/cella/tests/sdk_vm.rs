@@ -83,6 +83,7 @@ fn vm_sdk_ephemeral_sandbox_runs_several_execs_and_leaves_nothing() {
         sandbox.stop(Duration::from_secs(60)).await.expect("an orderly stop");
         assert!(!dir.exists(), "the ephemeral sandbox's directory outlived it");
     });
+    assert!(home.run_entries().is_empty(), "{:?}", home.run_entries());
     home.assert_nothing_left();
 }
 

@@ -13,9 +13,10 @@
 //! 3. **Remove the directory** `sandboxes/<name>/`. A missing directory counts as removed (a
 //!    previous cleaner got this far and died). On failure release the claim and keep the row,
 //!    so the failure stays visible and the next sweep retries: [`CleanupOutcome::DirRemoveFailed`].
-//!    Stale sockets of a killed sandbox process go with it (the lock file stays).
+//!    Stale sockets of a killed sandbox process go with it.
 //! 4. **Delete the row** only while our token holds the claim and the row is still terminal
-//!    (and ephemeral): [`CleanupOutcome::Removed`]. Runs go with it (cascade).
+//!    (and ephemeral): [`CleanupOutcome::Removed`]. Runs go with it (cascade). Then the
+//!    launcher lock file, if its lock is free (see `launcher_lock`).
 //!
 //! A cleaner that dies between 3 and 4 leaves a claimed row without a directory; the claim
 //! expires after [`cella_db::CLEANUP_CLAIM_DURATION`] and the next cleaner finishes the job.
@@ -25,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use cella_db::{CleanupClaim, Db, RunStatus, SandboxKey, SandboxSummary};
 
+use super::launcher_lock::LauncherLock;
 use super::liveness::{is_alive, ProcessIdentity};
 use super::LifecycleError;
 use crate::home::Home;
@@ -91,9 +93,19 @@ async fn remove(
     scope: Scope,
 ) -> Result<CleanupOutcome, LifecycleError> {
     let ephemeral_only = scope == Scope::EphemeralOnly;
+    let name = match &key {
+        SandboxKey::Name(name) => Some(name.clone()),
+        SandboxKey::Id(_) => None,
+    };
     let (token, summary) = match db.claim_cleanup(key, ephemeral_only).await? {
         CleanupClaim::Claimed { token, summary } => (token, summary),
-        CleanupClaim::NotFound => return Ok(CleanupOutcome::AlreadyGone),
+        CleanupClaim::NotFound => {
+            // A sandbox process that removed itself could not remove the lock it held.
+            if let Some(name) = name {
+                remove_lock_file(home, &name);
+            }
+            return Ok(CleanupOutcome::AlreadyGone);
+        }
         CleanupClaim::NotEphemeral => return Ok(CleanupOutcome::SkippedPersistent),
         CleanupClaim::NotTerminal(_) => return Ok(CleanupOutcome::SkippedActive),
         CleanupClaim::HeldByOther => return Ok(CleanupOutcome::AlreadyClaimed),
@@ -113,7 +125,7 @@ async fn remove(
 
     // A sandbox process that was killed could not unlink its sockets. Nobody serves them now
     // (no live run, and the claim keeps the name from starting again), so they go with the
-    // directory; the launcher lock file stays, as an flock on it is how the name is guarded.
+    // directory. The launcher lock file goes after the row, under its own lock.
     for socket in [home.client_socket(&sandbox.name), home.agent_port_socket(&sandbox.name)] {
         if let Err(e) = std::fs::remove_file(&socket) {
             if e.kind() != io::ErrorKind::NotFound {
@@ -125,12 +137,28 @@ async fn remove(
 
     if db.delete_claimed_sandbox(sandbox.id, &token, ephemeral_only).await? {
         tracing::info!(sandbox = %sandbox.name, "removed sandbox");
+        remove_lock_file(home, &sandbox.name);
         return Ok(CleanupOutcome::Removed);
     }
     // Our claim expired and another cleaner took over (or finished) meanwhile.
     match db.find_sandbox(sandbox.id).await? {
         None => Ok(CleanupOutcome::AlreadyGone),
         Some(_) => Ok(CleanupOutcome::AlreadyClaimed),
+    }
+}
+
+/// Removes the launcher lock file of a sandbox that no longer exists, if nobody holds the lock
+/// (the self-clean path holds it until its process exits; the caller that settles it after that
+/// removes the file). Failures only cost an empty file, so they are logged.
+fn remove_lock_file(home: &Home, name: &str) {
+    match LauncherLock::try_acquire_for(home, name) {
+        Ok(Some(lock)) => {
+            if let Err(e) = lock.remove() {
+                tracing::debug!(sandbox = %name, error = %e, "cannot remove the lock file");
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(sandbox = %name, error = %e, "cannot take the lock to remove it"),
     }
 }
 

@@ -11,9 +11,11 @@
 //! `LOCK_UN`; dropping it closes the file, which releases the lock only when no inherited copy
 //! remains. (A parent that unlocked explicitly would release the child's lock too.)
 //!
-//! Lock files are never deleted: unlinking a lock file races with a process that has opened but
-//! not yet locked it, leaving two holders of two different files. An empty file per sandbox name
-//! is the price.
+//! A lock file is removed with its sandbox, and only by a holder of its lock
+//! ([`LauncherLock::remove`]). A process that opened the file before the removal and locks it
+//! afterwards would hold a lock on a file no longer at the path; so every acquirer checks, once
+//! it holds the lock, that the path still names the file it locked (device and inode), and
+//! starts over otherwise. Two processes can therefore never both hold "the" lock of one name.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -48,19 +50,32 @@ impl LauncherLock {
         if let Some(dir) = path.parent() {
             create_private_dir(dir)?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(LOCK_FILE_MODE)
-            .open(path)
-            .map_err(lock_err)?;
+        // Each round: the file at the path is removed between our open and our lock at most
+        // as often as sandboxes of this name are removed, so a handful of rounds is plenty.
+        for _ in 0..MAX_ATTEMPTS {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(LOCK_FILE_MODE)
+                .open(path)
+                .map_err(lock_err)?;
+            match lock_opened(&file, path).map_err(lock_err)? {
+                Attempt::Locked => return Ok(Some(Self { file, path: path.to_owned() })),
+                Attempt::Held => return Ok(None),
+                Attempt::Stale => continue,
+            }
+        }
+        Err(lock_err(io::Error::other("the lock file kept being replaced while it was locked")))
+    }
 
-        match flock_exclusive_nonblocking(&file) {
-            Ok(true) => Ok(Some(Self { file, path: path.to_owned() })),
-            Ok(false) => Ok(None),
-            Err(e) => Err(lock_err(e)),
+    /// Removes the lock file while holding its lock, then releases it. Whoever locks the removed
+    /// file afterwards notices and uses a new one.
+    pub fn remove(self) -> io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 
@@ -86,6 +101,35 @@ impl LauncherLock {
 impl AsFd for LauncherLock {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
+    }
+}
+
+/// Rounds of open-and-lock before [`LauncherLock::try_acquire`] gives up.
+const MAX_ATTEMPTS: usize = 16;
+
+/// What locking an opened lock file gave.
+#[derive(Debug, PartialEq, Eq)]
+enum Attempt {
+    /// Locked, and the path still names this file.
+    Locked,
+    /// Someone else holds the lock.
+    Held,
+    /// Locked, but the file was removed (or replaced) after it was opened: try again.
+    Stale,
+}
+
+/// Locks `file`, opened from `path`, and checks that `path` still names it.
+fn lock_opened(file: &File, path: &Path) -> io::Result<Attempt> {
+    use std::os::unix::fs::MetadataExt;
+    if !flock_exclusive_nonblocking(file)? {
+        return Ok(Attempt::Held);
+    }
+    let locked = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => Ok(Attempt::Locked),
+        Ok(_) => Ok(Attempt::Stale),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Attempt::Stale),
+        Err(e) => Err(e),
     }
 }
 
@@ -121,6 +165,25 @@ mod tests {
 
         drop(first);
         assert!(LauncherLock::try_acquire(&path).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_lock_taken_on_a_removed_file_is_stale_and_the_next_round_uses_the_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run").join("web.lock");
+        let holder = LauncherLock::try_acquire(&path).unwrap().expect("free lock");
+        // Opened before the removal, locked after it, as a racing `start` would.
+        let early = File::open(&path).unwrap();
+        holder.remove().unwrap();
+        assert!(!path.exists());
+        assert_eq!(lock_opened(&early, &path).unwrap(), Attempt::Stale);
+        drop(early);
+
+        let fresh = LauncherLock::try_acquire(&path).unwrap().expect("a new lock file");
+        assert!(path.exists());
+        let early = File::open(&path).unwrap();
+        assert_eq!(lock_opened(&early, &path).unwrap(), Attempt::Held, "one holder per name");
+        drop(fresh);
     }
 
     #[test]

@@ -167,7 +167,7 @@ async fn rm_removes_a_created_sandbox_that_the_sweep_leaves_alone() {
 }
 
 #[tokio::test]
-async fn removal_takes_the_stale_sockets_of_a_killed_sandbox_process_and_keeps_its_lock() {
+async fn removal_takes_the_stale_sockets_and_free_lock_file_of_a_killed_sandbox_process() {
     let t = TestHome::new().await;
     t.sandbox("killed", false, Crashed).await;
     std::fs::create_dir_all(t.home.run_dir()).unwrap();
@@ -179,5 +179,20 @@ async fn removal_takes_the_stale_sockets_of_a_killed_sandbox_process_and_keeps_i
     assert_eq!(remove_sandbox(&t.db, &t.home, "killed").await.unwrap(), CleanupOutcome::Removed);
     assert!(!t.home.client_socket("killed").exists());
     assert!(!t.home.agent_port_socket("killed").exists());
-    assert!(t.home.lock_path("killed").exists(), "the lock file guards the name; it stays");
+    assert!(!t.home.lock_path("killed").exists());
+}
+
+#[tokio::test]
+async fn a_held_lock_file_outlives_the_removal_and_goes_once_it_is_free() {
+    let t = TestHome::new().await;
+    t.sandbox("eph", true, Stopped).await;
+    // The self-clean path: the sandbox process still holds its lock while it removes itself.
+    let held = crate::lifecycle::LauncherLock::try_acquire_for(&t.home, "eph").unwrap().unwrap();
+
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::Removed);
+    assert!(t.home.lock_path("eph").exists(), "removed under its holder");
+
+    drop(held);
+    assert_eq!(cleanup_sandbox(&t.db, &t.home, "eph").await.unwrap(), CleanupOutcome::AlreadyGone);
+    assert!(!t.home.lock_path("eph").exists(), "left behind once free");
 }
