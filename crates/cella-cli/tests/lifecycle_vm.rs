@@ -141,7 +141,9 @@ fn vm_max_duration_stops_a_busy_sandbox_with_max_duration_exceeded() {
         &home,
         &["run", "--name", "capped", "--keep", "--max-duration", "4", "--", "sleep", "600"],
     );
-    assert_ne!(out.code(), 0);
+    assert_eq!(out.code(), 143, "sleep ends with the SIGTERM of the shutdown");
+    let stderr = out.stderr_text();
+    assert!(stderr.contains("reached its maximum duration (4s)"), "{stderr}");
     let stopped = wait_status(&home, "capped", "Stopped", Duration::from_secs(60));
     assert_eq!(stopped["last_termination_reason"], "MaxDurationExceeded");
 }

@@ -104,7 +104,7 @@ pub enum DbError {
     },
 
     /// No sandbox matches the name or id.
-    #[error("no sandbox {key}")]
+    #[error("no {key} in the state database")]
     SandboxNotFound {
         /// The name or id that was looked up, as displayed by [`crate::SandboxKey`].
         key: String,

@@ -76,6 +76,8 @@ pub enum LaunchError {
 /// The write end of the ready pipe, held by the sandbox process.
 pub struct ReadyReporter {
     pipe: Option<std::fs::File>,
+    /// No launcher listens: print a failure on stderr (once).
+    to_stderr: bool,
 }
 
 impl ReadyReporter {
@@ -87,12 +89,12 @@ impl ReadyReporter {
     pub unsafe fn from_fd(fd: RawFd) -> Self {
         // SAFETY: the caller guarantees `fd` is open and unowned.
         let file = unsafe { std::fs::File::from_raw_fd(fd) };
-        Self { pipe: Some(file) }
+        Self { pipe: Some(file), to_stderr: false }
     }
 
-    /// A reporter that reports nowhere (the sandbox process was started by hand).
+    /// A reporter for a sandbox process started by hand: a failure goes to stderr.
     pub fn none() -> Self {
-        Self { pipe: None }
+        Self { pipe: None, to_stderr: true }
     }
 
     /// Sends the report and closes the pipe. Later calls do nothing.
@@ -102,6 +104,10 @@ impl ReadyReporter {
             line.push(b'\n');
             // The launcher may have gone; there is nobody else to tell.
             let _ = pipe.write_all(&line);
+        } else if std::mem::take(&mut self.to_stderr) {
+            if let ReadyReport::Failed { error } = report {
+                eprintln!("cella sandbox: {error}");
+            }
         }
     }
 }

@@ -9,9 +9,9 @@
 //! A signal during the boot stops the sandbox and exits with 128 + the signal. If the sandbox
 //! process itself is killed, `cella run` records the crash and removes an ephemeral sandbox.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cella::Cella;
+use cella::{Cella, Exited};
 use cella_runtime::home::Home;
 use clap::Args;
 
@@ -61,6 +61,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let builder = args.opts.builder(&name)?.ephemeral(!args.keep).stop_when_detached(true);
     let mut signals = ForwardedSignals::install()?;
 
+    let launched_at = Instant::now();
     let starting = builder.spawn().await?;
     let pid = starting.pid();
     let ready = starting.ready();
@@ -85,7 +86,15 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
             tracing::warn!(sandbox = %name, error = %e, "cannot settle the finished sandbox");
         }
     }
-    Ok(exit_status(&exited?))
+    let exited = exited?;
+    // The sandbox ends a command that outlives --max-duration with SIGTERM (and SIGKILL after a
+    // grace); say so, or the status reads like any other signal.
+    if let (Exited::Signal { .. }, Some(limit)) = (&exited, args.opts.max_duration) {
+        if launched_at.elapsed() >= Duration::from_secs(limit) {
+            eprintln!("cella: the sandbox reached its maximum duration ({limit}s) and was stopped");
+        }
+    }
+    Ok(exit_status(&exited))
 }
 
 /// A name for a one-shot sandbox: `run-` and 8 random hex digits.

@@ -47,7 +47,12 @@ fn init_logging(home: &Home, name: &str) {
     if cella_runtime::config::validate_name(name).is_err() {
         return;
     }
-    let dir = home.sandbox_dir(name).join("logs");
+    // Only a sandbox that exists has a directory to log into (`create` made it).
+    let sandbox_dir = home.sandbox_dir(name);
+    if !sandbox_dir.is_dir() {
+        return;
+    }
+    let dir = sandbox_dir.join("logs");
     if std::fs::create_dir_all(&dir).is_err() {
         return;
     }

@@ -145,12 +145,12 @@ pub async fn run_prepared(
 pub async fn prepare(home: &Home, name: &str) -> Result<Prepared, SandboxError> {
     crate::config::validate_name(name)?;
     home.ensure()?;
-    crate::home::create_private_dir(&home.sandbox_dir(name).join("logs"))?;
     for socket in [home.client_socket(name), home.agent_port_socket(name)] {
         crate::home::check_socket_path(&socket)?;
     }
     let db = Db::open(home.db_path()).await.map_err(LifecycleError::from)?;
     let row = db.sandbox(name).await.map_err(LifecycleError::from)?;
+    crate::home::create_private_dir(&home.sandbox_dir(name).join("logs"))?;
     let config: SandboxConfig = serde_json::from_value(row.config)
         .map_err(|source| SandboxError::StoredConfig { name: name.to_string(), source })?;
     config.validate()?;
