@@ -347,3 +347,29 @@ fn status_of_run(home: &TestHome, name: &str) -> String {
     let e = entry(home, name).unwrap();
     e["last_termination_reason"].as_str().unwrap_or_default().to_string()
 }
+
+#[test]
+fn vm_a_wedged_sandbox_process_fails_exec_and_is_stopped_by_escalation() {
+    if !require_vm("vm_a_wedged_sandbox_process_fails_exec_and_is_stopped_by_escalation") {
+        return;
+    }
+    let home = TestHome::new();
+    ok(&home, &["create", "wedged"]);
+    ok(&home, &["start", "wedged"]);
+    let pid = entry(&home, "wedged").unwrap()["pid"].as_i64().unwrap() as i32;
+    // SAFETY: plain kill(2) on the sandbox process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+
+    let out = cella(&home, &["exec", "wedged", "--", "true"]);
+    assert_eq!(out.code(), 125, "{}", out.stderr_text());
+    assert!(out.stderr_text().contains("did not answer"), "{}", out.stderr_text());
+
+    // The orderly request cannot get through; the signals after the timeout end it.
+    let out = cella(&home, &["stop", "--timeout", "1", "wedged"]);
+    assert_eq!(out.code(), 0, "{}", out.stderr_text());
+    let stopped = entry(&home, "wedged").unwrap();
+    assert_eq!(stopped["status"], "Stopped", "{stopped}");
+    assert_eq!(stopped["last_termination_reason"], "ShutdownRequested", "{stopped}");
+    ok(&home, &["rm", "wedged"]);
+    home.assert_nothing_left();
+}

@@ -31,9 +31,23 @@ pub struct Connection {
     next_stream: u64,
 }
 
+/// How long a sandbox process has to accept a connection and send its welcome. It answers in
+/// microseconds when alive; one that does not (stopped, or wedged) must not hang the client.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Connection {
-    /// Connects to the sandbox socket at `path` and reads its welcome.
+    /// Connects to the sandbox socket at `path` and reads its welcome, waiting at most
+    /// [`WELCOME_TIMEOUT`].
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        match tokio::time::timeout(WELCOME_TIMEOUT, Self::connect_unbounded(path)).await {
+            Ok(connected) => connected,
+            Err(_) => {
+                Err(ClientError::Unresponsive { path: path.to_path_buf(), waited: WELCOME_TIMEOUT })
+            }
+        }
+    }
+
+    async fn connect_unbounded(path: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;

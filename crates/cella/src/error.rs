@@ -27,6 +27,17 @@ pub enum ClientError {
         "the sandbox process closed the connection before the command finished; see `cella logs`"
     )]
     Disconnected,
+    /// The sandbox process accepted no connection or sent no welcome in time.
+    #[error(
+        "the sandbox process did not answer on {path} within {waited:?}; it may be stopped or \
+         wedged: `cella stop --force` ends it"
+    )]
+    Unresponsive {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
     /// A frame could not be encoded or decoded.
     #[error("protocol error talking to the sandbox")]
     Protocol(#[from] cella_protocol::ProtocolError),

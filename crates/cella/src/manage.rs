@@ -141,16 +141,22 @@ impl Cella {
         let stoppable = [SandboxStatus::Running, SandboxStatus::Starting];
         self.db.set_sandbox_status(name, SandboxStatus::Draining, &stoppable).await?;
         let identity = ProcessIdentity::from_run(&run);
+        let asked_at = Instant::now();
         if force {
             signal_if_alive(&identity, Signal::SIGKILL);
         } else if status != SandboxStatus::Starting {
-            if let Ok(mut conn) = Connection::connect(&self.home.client_socket(name)).await {
-                let _ = conn.request_shutdown().await;
-            }
+            // A sandbox process that does not even answer its socket (stopped, wedged) uses up
+            // the timeout here and gets the signals below.
+            let socket = self.home.client_socket(name);
+            let ask = async {
+                let mut conn = Connection::connect(&socket).await?;
+                conn.request_shutdown().await
+            };
+            let _ = tokio::time::timeout(timeout, ask).await;
         } else {
             signal_if_alive(&identity, Signal::SIGTERM);
         }
-        if !wait_dead(&identity, timeout).await {
+        if !wait_dead(&identity, timeout.saturating_sub(asked_at.elapsed())).await {
             signal_if_alive(&identity, Signal::SIGTERM);
             if !wait_dead(&identity, TERM_GRACE).await {
                 signal_if_alive(&identity, Signal::SIGKILL);
