@@ -310,6 +310,13 @@ fn vm_qemu_is_confined_and_sees_only_its_own_sandbox() {
     };
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
     assert_eq!(field("Seccomp:"), "2", "QEMU's seccomp filter is not on: {status}");
+    // QEMU inherits nothing of the sandbox process: no launcher lock, no database.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{qemu}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect();
+    assert!(!fds.iter().any(|t| t.ends_with(".lock") || t.contains("cella.db")), "{fds:?}");
     let limits = std::fs::read_to_string(format!("/proc/{qemu}/limits")).unwrap();
     let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
     assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");

@@ -9,7 +9,7 @@
 //!   under the home (read-only). Other sandboxes' disks and sockets, the state database and the
 //!   image store are not there to open;
 //! - sets `PR_SET_NO_NEW_PRIVS` and a zero core-size limit (a core dump of QEMU would hold the
-//!   guest's memory);
+//!   guest's memory), and marks every inherited descriptor above stderr close-on-exec;
 //!
 //! and QEMU itself is started with its seccomp filter ([`SECCOMP_ARGS`]): no obsolete system
 //! calls, no privilege changes, no process spawning, no scheduler or resource changes.
@@ -121,6 +121,7 @@ impl Jail {
         if let Some((home, binds)) = &self.hide {
             self.hide_home(home, binds)?;
         }
+        close_inherited_on_exec();
         // SAFETY: plain prctl / setrlimit calls with valid arguments.
         unsafe {
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
@@ -172,6 +173,30 @@ impl Jail {
             }
         }
         Ok(())
+    }
+}
+
+/// Marks every descriptor above stderr close-on-exec, so QEMU inherits none of the sandbox
+/// process's (its launcher lock above all: a QEMU still dying would hold the lock).
+fn close_inherited_on_exec() {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range only changes descriptor flags of this process.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    if done == 0 {
+        return;
+    }
+    // Kernels before 5.11: one fcntl per possible descriptor.
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into `limit`; fcntl on a closed descriptor just fails with EBADF.
+    unsafe {
+        let max = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(65_536) as libc::c_int
+        } else {
+            1024
+        };
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
     }
 }
 
