@@ -177,6 +177,9 @@ impl SandboxConfig {
         if let Some(dir) = &self.workdir {
             validate_workdir(dir)?;
         }
+        for (key, value) in &self.env {
+            validate_env(key, value)?;
+        }
         Ok(())
     }
 
@@ -243,10 +246,16 @@ pub fn validate_rootfs(path: &std::path::Path) -> Result<(), ConfigError> {
 pub fn parse_env(entry: &str) -> Result<(String, String), ConfigError> {
     let invalid = || ConfigError::InvalidEnv { entry: entry.to_string() };
     let (key, value) = entry.split_once('=').ok_or_else(invalid)?;
-    if key.is_empty() || key.contains('\0') || value.contains('\0') {
-        return Err(invalid());
-    }
+    validate_env(key, value)?;
     Ok((key.to_string(), value.to_string()))
+}
+
+/// Checks one environment variable: a non-empty key without `=` or NUL, a value without NUL.
+pub fn validate_env(key: &str, value: &str) -> Result<(), ConfigError> {
+    if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+        return Err(ConfigError::InvalidEnv { entry: format!("{key}={value}") });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

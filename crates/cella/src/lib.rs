@@ -18,7 +18,12 @@ pub mod error;
 pub mod manage;
 pub mod sandbox;
 
+pub use cella_db::{
+    RunRow, RunStatus, SandboxRow, SandboxStatus, SandboxSummary, TerminationReason,
+};
 pub use cella_protocol::{ExecStart, Exited, SpawnFailure, WindowSize};
+pub use cella_runtime::config::{BackendKind, SandboxConfig};
+pub use cella_runtime::home::Home;
 pub use client::{Connection, ExecIo};
 pub use error::{ClientError, SandboxError};
 pub use manage::Cella;

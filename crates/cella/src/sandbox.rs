@@ -203,11 +203,31 @@ impl Starting {
 }
 
 /// A running sandbox.
+///
+/// Dropping the handle that started an ephemeral sandbox stops it (SIGTERM to its sandbox
+/// process, which shuts the VM down and removes the sandbox); a persistent one keeps running
+/// until it is stopped. Either way the sandbox process is reaped in the background once it
+/// exits, so a long-lived program collects no zombies.
 pub struct Sandbox {
     name: String,
     home: Home,
     child: Option<Child>,
     config: SandboxConfig,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if self.config.ephemeral {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            // The child is not reaped yet, so this pid is still ours.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let reaper = std::thread::Builder::new().name("cella-reaper".into());
+        let _ = reaper.spawn(move || {
+            let _ = child.wait();
+        });
+    }
 }
 
 /// Collected result of a command.
@@ -257,24 +277,19 @@ impl Sandbox {
         Ok(Output { exited, stdout, stderr })
     }
 
-    /// Asks the sandbox to shut down and waits up to `timeout` for its process (when this
-    /// handle started it) to exit. A process still alive after `timeout` is an error:
-    /// [`Cella::stop`] escalates to signals instead.
+    /// Stops the sandbox as [`Cella::stop`] does: an orderly shutdown, then SIGTERM and SIGKILL
+    /// of its sandbox process if it is still alive after `timeout`. A sandbox that has stopped
+    /// already (or, ephemeral, is gone) is not an error.
     pub async fn stop(mut self, timeout: Duration) -> Result<(), SandboxError> {
-        if let Ok(mut conn) = self.connect().await {
-            conn.request_shutdown().await?;
+        let cella = Cella::open_at(self.home.clone()).await?;
+        match cella.stop(&self.name, timeout, false).await {
+            Ok(()) | Err(SandboxError::NotRunning { .. } | SandboxError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
-        let pid = self.pid();
-        if self.wait_exit(timeout).await {
-            // What its process could not do itself: remove the lock file it held to the end.
-            Cella::open_at(self.home.clone()).await?.settle(&self.name).await?;
-            return Ok(());
-        }
-        Err(SandboxError::StopTimeout {
-            name: self.name.clone(),
-            pid: pid.map_or(-1, |pid| pid as i32),
-            waited: timeout,
-        })
+        // Reap the process if this handle started it; it has exited or is about to.
+        self.wait_exit(Duration::from_secs(10)).await;
+        // What its process could not do itself: remove the lock file it held to the end.
+        cella.settle(&self.name).await
     }
 
     /// Waits up to `timeout` for the sandbox process (if this handle started it) to exit.

@@ -129,3 +129,60 @@ fn vm_sdk_persistent_sandbox_keeps_its_files_across_a_restart() {
     });
     home.assert_nothing_left();
 }
+
+#[test]
+fn vm_sdk_dropping_the_handle_of_an_ephemeral_sandbox_stops_and_removes_it() {
+    if !require_vm("vm_sdk_dropping_the_handle_of_an_ephemeral_sandbox_stops_and_removes_it") {
+        return;
+    }
+    let home = TestHome::new();
+    run_bounded(async {
+        let sandbox = builder(&home, "sdk-drop").ephemeral(true).create().await.unwrap();
+        let pid = sandbox.pid().unwrap() as i32;
+        drop(sandbox);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Reaped by the handle's reaper thread: the pid disappears rather than lingering as a
+        // zombie of this process.
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sandbox process {pid} outlived its handle"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    home.assert_nothing_left();
+}
+
+#[test]
+fn vm_sdk_stop_through_a_looked_up_handle_waits_for_the_stop() {
+    if !require_vm("vm_sdk_stop_through_a_looked_up_handle_waits_for_the_stop") {
+        return;
+    }
+    let home = TestHome::new();
+    run_bounded(async {
+        let mut started = builder(&home, "sdk-look").create().await.unwrap();
+        let cella = Cella::open_at(Home::at(home.path().to_path_buf())).await.unwrap();
+        let looked_up = cella.sandbox("sdk-look").await.unwrap();
+        assert!(looked_up.pid().is_none(), "this handle did not start the process");
+
+        looked_up.stop(Duration::from_secs(30)).await.unwrap();
+        let (summary, _) = cella.inspect("sdk-look").await.unwrap();
+        assert_eq!(summary.sandbox.status, SandboxStatus::Stopped);
+        assert!(started.wait_exit(Duration::from_secs(10)).await);
+        cella.remove("sdk-look", false).await.unwrap();
+    });
+    home.assert_nothing_left();
+}
+
+#[test]
+fn sdk_refuses_environment_keys_the_guest_could_never_set() {
+    let home = TestHome::new();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for (key, value) in [("BAD=KEY", "x"), ("", "x"), ("K", "nul\0byte")] {
+        let result = runtime.block_on(builder(&home, "sdk-env").env(key, value).create());
+        let err = result.err().expect("invalid environment accepted");
+        assert!(err.to_string().contains("invalid environment entry"), "{err}");
+    }
+    assert!(home.sandbox_rows().is_empty() && home.sandbox_dirs().is_empty());
+}
