@@ -150,15 +150,21 @@ async fn remove(
 /// Removes the launcher lock file of a sandbox that no longer exists, if nobody holds the lock
 /// (the self-clean path holds it until its process exits; the caller that settles it after that
 /// removes the file). Failures only cost an empty file, so they are logged.
-fn remove_lock_file(home: &Home, name: &str) {
+/// Returns whether the file was removed.
+pub(crate) fn remove_lock_file(home: &Home, name: &str) -> bool {
     match LauncherLock::try_acquire_for(home, name) {
-        Ok(Some(lock)) => {
-            if let Err(e) = lock.remove() {
+        Ok(Some(lock)) => match lock.remove() {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::debug!(sandbox = %name, error = %e, "cannot remove the lock file");
+                false
             }
+        },
+        Ok(None) => false,
+        Err(e) => {
+            tracing::debug!(sandbox = %name, error = %e, "cannot take the lock to remove it");
+            false
         }
-        Ok(None) => {}
-        Err(e) => tracing::debug!(sandbox = %name, error = %e, "cannot take the lock to remove it"),
     }
 }
 

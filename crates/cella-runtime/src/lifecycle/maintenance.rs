@@ -17,7 +17,8 @@
 //! wall time (checked between rows), counts per-row errors instead of aborting:
 //! 1. reconcile active sandboxes (Starting, Running, Draining, Paused) with
 //!    [`super::reconcile_summary`];
-//! 2. remove terminal ephemeral sandboxes with [`super::cleanup_sandbox`].
+//! 2. remove terminal ephemeral sandboxes with [`super::cleanup_sandbox`];
+//! 3. remove the launcher lock files of sandboxes that no longer exist (under their lock).
 //!
 //! Completion is recorded (and the lease released) only when the sweep had no error and
 //! finished within its time budget. Otherwise the lease is left to expire after
@@ -32,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use cella_db::{now_ms, Db, LeaseGrant, SandboxStatus, SandboxSummary, SANDBOX_MAINTENANCE_LEASE};
 
+use super::cleanup::remove_lock_file;
 use super::{cleanup_sandbox, reconcile_summary, CleanupOutcome};
 use crate::home::Home;
 
@@ -80,6 +82,8 @@ pub struct SweepReport {
     pub reconciled: u32,
     /// Ephemeral sandboxes phase 2 removed.
     pub removed: u32,
+    /// Launcher lock files of sandboxes that no longer exist, removed by phase 3.
+    pub locks_removed: u32,
     /// Rows that failed (logged); a failing phase query counts as one.
     pub errors: u32,
     /// The time budget ran out before every selected row was handled.
@@ -169,9 +173,39 @@ pub(crate) async fn sweep_within(db: &Db, home: &Home, limits: SweepLimits) -> S
 
     reconcile_phase(db, home, deadline, limits.rows_per_phase, &mut report).await;
     cleanup_phase(db, home, deadline, limits.rows_per_phase, &mut report).await;
+    lock_phase(db, home, deadline, limits.rows_per_phase, &mut report).await;
 
     report.elapsed = started.elapsed();
     report
+}
+
+/// Phase 3: lock files in `run/` whose sandbox no longer exists. A sandbox process that removed
+/// itself still held its lock, and when nobody settled it afterwards (its launcher was killed
+/// too) the file stayed. Each is removed under its own lock, so a start racing for the name is
+/// never confused (see `launcher_lock`).
+async fn lock_phase(db: &Db, home: &Home, deadline: Instant, limit: u32, report: &mut SweepReport) {
+    let Ok(entries) = std::fs::read_dir(home.run_dir()) else { return };
+    for entry in entries.flatten().take(limit as usize) {
+        if Instant::now() >= deadline {
+            report.truncated = true;
+            return;
+        }
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        if crate::config::validate_name(name).is_err() {
+            continue;
+        }
+        match db.find_sandbox(name).await {
+            Ok(None) => report.locks_removed += u32::from(remove_lock_file(home, name)),
+            Ok(Some(_)) => {}
+            Err(e) => {
+                report.errors += 1;
+                tracing::warn!(sandbox = %name, error = %e, "cannot check the owner of a lock file");
+            }
+        }
+    }
 }
 
 async fn reconcile_phase(

@@ -179,3 +179,24 @@ async fn a_sweep_out_of_time_stops_and_reports_itself_truncated() {
     assert_eq!(t.db.list_sandboxes().await.unwrap().len(), 10);
     assert_eq!(t.status("dead-0").await, Some(Running), "left for the next sweep");
 }
+
+#[tokio::test]
+async fn the_sweep_removes_lock_files_whose_sandbox_is_gone_unless_they_are_held() {
+    let t = TestHome::new().await;
+    t.sandbox("alive", false, Stopped).await;
+    std::fs::create_dir_all(t.home.run_dir()).unwrap();
+    for name in ["orphan", "alive", "held"] {
+        std::fs::write(t.home.lock_path(name), b"").unwrap();
+    }
+    std::fs::write(t.home.run_dir().join("not-a-lock.sock"), b"").unwrap();
+    let held = crate::lifecycle::LauncherLock::try_acquire_for(&t.home, "held").unwrap().unwrap();
+
+    let report = sweep_within(&t.db, &t.home, SweepLimits::DEFAULT).await;
+
+    assert_eq!((report.locks_removed, report.errors), (1, 0), "{report:?}");
+    assert!(!t.home.lock_path("orphan").exists());
+    assert!(t.home.lock_path("alive").exists(), "its sandbox exists");
+    assert!(t.home.lock_path("held").exists(), "someone holds it: maybe a start of that name");
+    assert!(t.home.run_dir().join("not-a-lock.sock").exists());
+    drop(held);
+}
