@@ -118,9 +118,33 @@ impl std::fmt::Display for ConsoleRef {
 /// Console lines every boot prints and that explain nothing (microvm has no PCI bus).
 const ROUTINE_CONSOLE_LINES: &[&str] = &["PCI: Fatal: No config space access function found"];
 
-/// The last lines of the console log worth quoting, or a note that there are none.
+/// Starts every boot's part of the console log (which QEMU appends to): boot errors quote
+/// only the lines after the last mark, `cella logs` shows where each boot began.
+const BOOT_MARK: &str = "----- cella: boot ";
+
+/// Appends the boot mark to the console log. A log that cannot be written only costs the mark.
+fn mark_boot(console: &std::path::Path) {
+    use std::io::Write;
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(console);
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{BOOT_MARK}at unix time {since_epoch} -----");
+    }
+}
+
+/// The last lines of the console log worth quoting (of this boot only), or a note that there
+/// are none.
 fn console_tail(path: &std::path::Path) -> String {
     let tail = backend::log_tail(path, CONSOLE_TAIL_LINES + ROUTINE_CONSOLE_LINES.len());
+    let tail = match tail.rfind(BOOT_MARK) {
+        Some(at) => {
+            tail[at..].split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or_default()
+        }
+        None => tail,
+    };
     if tail.is_empty() {
         return "(nothing: the guest kernel printed nothing)".into();
     }
@@ -163,6 +187,7 @@ pub async fn boot(home: &Home, config: &SandboxConfig, host: &Host) -> Result<Bo
         Some(path)
     };
     let spec = vm_spec(home, config, &assets, upper_disk);
+    mark_boot(&spec.console_log);
     let launched = launch(home, kind, &spec, &assets, host).await?;
     let timeout = config
         .boot_timeout_secs
@@ -339,6 +364,18 @@ mod tests {
         let tail = console_tail(&log);
         assert_eq!(tail.lines().count(), CONSOLE_TAIL_LINES);
         assert!(tail.ends_with("line 39") && !tail.contains("PCI"), "{tail}");
+
+        // Only this boot's lines: what came before the last boot mark is an earlier boot's.
+        std::fs::write(&log, "[ 9.9] earlier boot panicked\n").unwrap();
+        mark_boot(&log);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"[ 0.5] cannot mount /upper\n"))
+            .unwrap();
+        assert_eq!(console_tail(&log), "[ 0.5] cannot mount /upper");
+        mark_boot(&log);
+        assert_eq!(console_tail(&log), "(nothing: the guest kernel printed nothing)");
 
         let kept = ConsoleRef { path: log.clone(), kept: true };
         assert_eq!(kept.to_string(), format!("console log {}", log.display()));
