@@ -72,8 +72,12 @@ pub enum RelayEvent {
     Goodbye(Goodbye),
     /// The port closed or the agent broke the protocol; the relay has stopped reading it.
     AgentGone(Option<RelayError>),
-    /// A client asked the sandbox to shut down.
-    ShutdownRequested,
+    /// A client asked the sandbox to shut down, giving its processes `grace` between SIGTERM
+    /// and SIGKILL (the sandbox process caps it).
+    ShutdownRequested {
+        /// What the client asked for.
+        grace: std::time::Duration,
+    },
 }
 
 /// A protocol violation by the agent.
@@ -269,7 +273,11 @@ impl Relay {
         };
         if frame.stream == CONTROL_STREAM {
             if frame.kind == FrameKind::Shutdown {
-                let _ = self.shared.events.send(RelayEvent::ShutdownRequested).await;
+                let Ok(request) = Shutdown::from_frame(&frame) else {
+                    return refuse(ErrorCode::BadRequest, "malformed Shutdown request");
+                };
+                let grace = std::time::Duration::from_millis(request.grace_ms);
+                let _ = self.shared.events.send(RelayEvent::ShutdownRequested { grace }).await;
                 return Ok(());
             }
             return refuse(ErrorCode::Forbidden, "clients may only send Shutdown on stream 0");

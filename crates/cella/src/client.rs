@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cella_protocol::{
-    Credit, ErrorMessage, ExecStart, Exited, Frame, FrameCodec, FrameKind, Message, SignalRequest,
-    StreamId, Welcome, WindowSize, CONTROL_STREAM, DATA_CHUNK, INITIAL_WINDOW, PROTOCOL_VERSION,
+    Credit, ErrorMessage, ExecStart, Exited, Frame, FrameCodec, FrameKind, Message, Shutdown,
+    SignalRequest, StreamId, Welcome, WindowSize, CONTROL_STREAM, DATA_CHUNK, INITIAL_WINDOW,
+    PROTOCOL_VERSION,
 };
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -75,10 +76,11 @@ impl Connection {
         &self.welcome
     }
 
-    /// Asks the sandbox to shut down in order.
-    pub async fn request_shutdown(&mut self) -> Result<(), ClientError> {
-        let frame = Frame::new(FrameKind::Shutdown, CONTROL_STREAM, &br#"{"grace_ms":3000}"#[..]);
-        self.writer.send(frame).await?;
+    /// Asks the sandbox to shut down in order, giving its processes `grace` between SIGTERM
+    /// and SIGKILL (the sandbox caps it at its own default of 3 s).
+    pub async fn request_shutdown(&mut self, grace: Duration) -> Result<(), ClientError> {
+        let request = Shutdown { grace_ms: grace.as_millis().min(u64::MAX as u128) as u64 };
+        self.writer.send(request.to_frame(CONTROL_STREAM)?).await?;
         Ok(())
     }
 

@@ -150,7 +150,7 @@ impl Cella {
             let socket = self.home.client_socket(name);
             let ask = async {
                 let mut conn = Connection::connect(&socket).await?;
-                conn.request_shutdown().await
+                conn.request_shutdown(timeout).await
             };
             let _ = tokio::time::timeout(timeout, ask).await;
         } else {

@@ -45,6 +45,8 @@ pub struct Termination {
 enum Trigger {
     /// Stop the guest in order for this reason.
     Stop(TerminationReason, String),
+    /// A client asked for an orderly stop, with this grace (capped at [`SHUTDOWN_GRACE`]).
+    StopWithin(TerminationReason, String, Duration),
     /// The agent already said goodbye; the VM is powering off.
     Goodbye,
     /// The agent is gone or broken: kill the VM.
@@ -90,6 +92,12 @@ pub async fn supervise(
             let clean = wait_goodbye(&mut watch, SHUTDOWN_GRACE + SHUTDOWN_TIMEOUT).await;
             finish(vm, reason, detail, clean).await
         }
+        Trigger::StopWithin(reason, detail, grace) => {
+            let grace = grace.min(SHUTDOWN_GRACE);
+            relay.request_shutdown(grace).await;
+            let clean = wait_goodbye(&mut watch, grace + SHUTDOWN_TIMEOUT).await;
+            finish(vm, reason, detail, clean).await
+        }
     }
 }
 
@@ -108,8 +116,9 @@ async fn wait_for_trigger(
             exit = vm.wait() => return Trigger::VmExited(exit),
             event = watch.events.recv() => match event {
                 Some(RelayEvent::Goodbye(_)) => return Trigger::Goodbye,
-                Some(RelayEvent::ShutdownRequested) => {
-                    return Trigger::Stop(TerminationReason::ShutdownRequested, "shutdown requested by a client".into())
+                Some(RelayEvent::ShutdownRequested { grace }) => {
+                    let detail = "shutdown requested by a client".into();
+                    return Trigger::StopWithin(TerminationReason::ShutdownRequested, detail, grace);
                 }
                 Some(RelayEvent::AgentGone(err)) => {
                     let detail = err.map(|e| super::error_line(&e)).unwrap_or_else(|| "agent port closed".into());
@@ -183,7 +192,7 @@ async fn wait_goodbye(watch: &mut RelayWatch, limit: Duration) -> bool {
         tokio::select! {
             event = watch.events.recv() => match event {
                 Some(RelayEvent::Goodbye(_)) => return true,
-                Some(RelayEvent::ShutdownRequested) => continue,
+                Some(RelayEvent::ShutdownRequested { .. }) => continue,
                 Some(RelayEvent::AgentGone(_)) | None => return false,
             },
             _ = &mut deadline => return false,
@@ -219,7 +228,7 @@ mod tests {
     use std::pin::Pin;
 
     use cella_protocol::{
-        FrameCodec, FrameKind, Goodbye, Hello, Message, CONTROL_STREAM, PROTOCOL_VERSION,
+        FrameCodec, FrameKind, Goodbye, Hello, Message, Shutdown, CONTROL_STREAM, PROTOCOL_VERSION,
     };
     use futures::{SinkExt, StreamExt};
     use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
@@ -280,6 +289,15 @@ mod tests {
 
     /// Runs the supervisor over a relay whose agent is `guest`'s other end.
     async fn supervise_fake(vm: FakeVm, agent: impl FnOnce(Guest) -> Option<Guest>) -> Termination {
+        supervise_fake_with_client(vm, agent, |_| {}).await
+    }
+
+    /// As [`supervise_fake`], and `client` gets the sandbox socket's path once it listens.
+    async fn supervise_fake_with_client(
+        vm: FakeVm,
+        agent: impl FnOnce(Guest) -> Option<Guest>,
+        client: impl FnOnce(std::path::PathBuf),
+    ) -> Termination {
         let (host, guest) = tokio::io::duplex(1 << 16);
         let (host_read, host_write) = tokio::io::split(host);
         let hello = Hello {
@@ -301,6 +319,7 @@ mod tests {
         let _keep_port_open = agent(guest);
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("sock")).unwrap();
+        client(dir.path().join("sock"));
         let mut signals = Signals::install();
         supervise(&config(), Box::new(vm), relay, watch, listener, &mut signals).await
     }
@@ -350,5 +369,51 @@ mod tests {
 
         assert_eq!(termination.reason, TerminationReason::InternalError);
         assert!(!termination.clean, "{termination:?}");
+    }
+
+    #[tokio::test]
+    async fn a_clients_shutdown_grace_reaches_the_agent_capped_at_the_default() {
+        for (asked, expected) in [(500u64, 500u64), (60_000, SHUTDOWN_GRACE.as_millis() as u64)] {
+            let (power_off, exit) = oneshot::channel();
+            let (seen_tx, seen_rx) = oneshot::channel();
+            let agent = move |mut guest: Guest| {
+                tokio::spawn(async move {
+                    let mut seen_tx = Some(seen_tx);
+                    while let Some(Ok(frame)) = guest.reader.next().await {
+                        if frame.kind == FrameKind::Shutdown {
+                            let grace = Shutdown::from_frame(&frame).unwrap().grace_ms;
+                            if let Some(tx) = seen_tx.take() {
+                                let _ = tx.send(grace);
+                            }
+                            let bye = Goodbye { killed_sessions: 0 }.to_frame(CONTROL_STREAM);
+                            guest.writer.send(bye.unwrap()).await.unwrap();
+                        } else if frame.kind == FrameKind::GoodbyeAck {
+                            let _ = power_off.send(());
+                            break;
+                        }
+                    }
+                    guest
+                });
+                None
+            };
+            let client = move |socket: std::path::PathBuf| {
+                tokio::spawn(async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+                    let (read, write) = stream.into_split();
+                    let mut reader = FramedRead::new(read, FrameCodec::new());
+                    let mut writer = FramedWrite::new(write, FrameCodec::new());
+                    let _welcome = reader.next().await;
+                    let request = Shutdown { grace_ms: asked }.to_frame(CONTROL_STREAM).unwrap();
+                    writer.send(request).await.unwrap();
+                    let _ = reader.next().await; // Held open until the sandbox goes.
+                });
+            };
+            let vm = FakeVm { exit: Some(exit) };
+            let termination = supervise_fake_with_client(vm, agent, client).await;
+
+            assert_eq!(termination.reason, TerminationReason::ShutdownRequested);
+            assert!(termination.clean, "{termination:?}");
+            assert_eq!(seen_rx.await.unwrap(), expected, "asked for {asked} ms");
+        }
     }
 }
