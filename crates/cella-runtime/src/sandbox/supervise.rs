@@ -121,8 +121,10 @@ async fn wait_for_trigger(
                     return Trigger::StopWithin(TerminationReason::ShutdownRequested, detail, grace);
                 }
                 Some(RelayEvent::AgentGone(err)) => {
+                    // The guest's doing (its agent died, its kernel crashed, it broke the
+                    // protocol): the run failed, cella did not.
                     let detail = err.map(|e| super::error_line(&e)).unwrap_or_else(|| "agent port closed".into());
-                    return Trigger::Kill(TerminationReason::InternalError, detail);
+                    return Trigger::Kill(TerminationReason::Failed, detail);
                 }
                 None => return Trigger::Kill(TerminationReason::InternalError, "relay stopped".into()),
             },
@@ -367,7 +369,7 @@ mod tests {
         })
         .await;
 
-        assert_eq!(termination.reason, TerminationReason::InternalError);
+        assert_eq!(termination.reason, TerminationReason::Failed);
         assert!(!termination.clean, "{termination:?}");
     }
 
