@@ -155,7 +155,9 @@ impl SandboxBuilder {
         cella.start(&config.name, &bin).await
     }
 
-    /// Records the sandbox, spawns it and waits until its guest is up.
+    /// Records the sandbox, spawns it and waits until its guest is up. If the guest fails to
+    /// boot, an ephemeral sandbox is gone with it; a persistent one stays, Crashed, with its
+    /// logs, until [`Cella::remove`] (a second `create` of the name fails until then).
     pub async fn create(self) -> Result<Sandbox, SandboxError> {
         self.spawn().await?.ready().await
     }
