@@ -302,6 +302,9 @@ fn vm_qemu_is_confined_and_sees_only_its_own_sandbox() {
     ok(&home, &["create", "boxed", "--backend", "qemu"]);
     ok(&home, &["start", "boxed"]);
     let qemu = qemu_of(&home, "boxed");
+    let sandbox_pid = entry(&home, "boxed").unwrap()["pid"].as_i64().unwrap();
+    let owner = std::fs::read_to_string(format!("/proc/{sandbox_pid}/status")).unwrap();
+    assert!(owner.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])), "{owner}");
 
     let status = std::fs::read_to_string(format!("/proc/{qemu}/status")).unwrap();
     let field = |name: &str| {
