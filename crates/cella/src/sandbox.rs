@@ -290,8 +290,14 @@ impl Sandbox {
         }
         // Reap the process if this handle started it; it has exited or is about to.
         self.wait_exit(Duration::from_secs(10)).await;
-        // What its process could not do itself: remove the lock file it held to the end.
         cella.settle(&self.name).await
+    }
+
+    /// After its sandbox process has exited: does what that process could not do itself (see
+    /// [`Cella::settle`]): record a run it was killed in, remove an ephemeral sandbox it left,
+    /// remove the lock file it held to the end.
+    pub async fn settle(&self) -> Result<(), SandboxError> {
+        Cella::open_at(self.home.clone()).await?.settle(&self.name).await
     }
 
     /// Waits up to `timeout` for the sandbox process (if this handle started it) to exit.

@@ -11,8 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use cella::{Cella, Exited};
-use cella_runtime::home::Home;
+use cella::Exited;
 use clap::Args;
 
 use super::attach::{attach, exit_status, ForwardedSignals};
@@ -82,7 +81,7 @@ async fn run(args: RunArgs) -> anyhow::Result<u8> {
     if sandbox.wait_exit(CLEANUP_WAIT).await {
         // Normally the sandbox process has recorded its end and removed an ephemeral sandbox;
         // if it was killed, that falls to us rather than to the next sweep.
-        if let Err(e) = Cella::open_at(Home::at(sandbox.home_dir())).await?.settle(&name).await {
+        if let Err(e) = sandbox.settle().await {
             tracing::warn!(sandbox = %name, error = %e, "cannot settle the finished sandbox");
         }
     }

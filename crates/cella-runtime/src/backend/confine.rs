@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 pub const SECCOMP_ARGS: [&str; 2] =
     ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"];
 
-/// Size of the tmpfs that replaces the home: it holds only empty mount points.
-const HIDE_TMPFS_OPTIONS: &str = "mode=0700,size=64k,nr_inodes=256";
+/// Options of the tmpfs that replaces the home: it holds only empty mount points.
+const HIDE_TMPFS_OPTIONS: &std::ffi::CStr = c"mode=0700,size=64k,nr_inodes=256";
 
 /// A path the VMM needs, bound back over the tmpfs.
 #[derive(Debug)]
@@ -71,8 +71,6 @@ pub struct Jail {
     /// The directory replaced by a tmpfs, with the binds that restore what is kept. `None` when
     /// this process may not create a mount namespace (not root).
     hide: Option<(CString, Vec<Bind>)>,
-    tmpfs: CString,
-    tmpfs_options: CString,
 }
 
 impl Jail {
@@ -83,12 +81,10 @@ impl Jail {
         let cstr = |bytes: &[u8]| {
             CString::new(bytes).map_err(|_| io::Error::other("a path contains a NUL byte"))
         };
-        let tmpfs = cstr(b"tmpfs")?;
-        let tmpfs_options = cstr(HIDE_TMPFS_OPTIONS.as_bytes())?;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if !root || home.parent().is_none() {
-            return Ok(Self { hide: None, tmpfs, tmpfs_options });
+            return Ok(Self { hide: None });
         }
         let mut binds = Vec::new();
         for entry in keep.iter().filter(|k| k.path.starts_with(home) && k.path != home) {
@@ -107,7 +103,7 @@ impl Jail {
         if binds.len() > MAX_BINDS {
             return Err(io::Error::other(format!("more than {MAX_BINDS} paths to keep")));
         }
-        Ok(Self { hide: Some((cstr(home.as_os_str().as_bytes())?, binds)), tmpfs, tmpfs_options })
+        Ok(Self { hide: Some((cstr(home.as_os_str().as_bytes())?, binds)) })
     }
 
     /// Whether the VMM will run in its own mount namespace with the home hidden.
@@ -122,13 +118,9 @@ impl Jail {
             self.hide_home(home, binds)?;
         }
         close_inherited_on_exec();
-        // SAFETY: plain prctl / setrlimit calls with valid arguments.
-        unsafe {
-            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
-            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
-        }
-        Ok(())
+        // Inherited from the sandbox process already; set again so that the jail holds
+        // whoever spawns QEMU.
+        no_privilege_gain_no_core_dumps()
     }
 
     fn hide_home(&self, home: &CString, binds: &[Bind]) -> io::Result<()> {
@@ -149,7 +141,7 @@ impl Jail {
                 check(*fd)?;
             }
             let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            let (tmpfs, options) = (self.tmpfs.as_ptr(), self.tmpfs_options.as_ptr().cast());
+            let (tmpfs, options) = (c"tmpfs".as_ptr(), HIDE_TMPFS_OPTIONS.as_ptr().cast());
             check(libc::mount(tmpfs, home.as_ptr(), tmpfs, flags, options))?;
             for (bind, &fd) in binds.iter().zip(fds.iter()) {
                 for dir in &bind.parents {
@@ -174,6 +166,19 @@ impl Jail {
         }
         Ok(())
     }
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` (exec can never gain privileges) and a core-size limit of 0 (a
+/// core dump would hold guest memory) for this process and everything it starts. System calls
+/// only: safe between fork and exec.
+pub fn no_privilege_gain_no_core_dumps() -> io::Result<()> {
+    // SAFETY: plain prctl / setrlimit calls with valid arguments.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
+    }
+    Ok(())
 }
 
 /// Marks every descriptor above stderr close-on-exec, so QEMU inherits none of the sandbox

@@ -50,7 +50,9 @@ pub enum Host {
 /// Runs the sandbox process for sandbox `name` and returns its exit status (0 after an orderly
 /// run, 1 otherwise). Call it from the main thread.
 pub fn main(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
-    if let Err(err) = restrict_self() {
+    // Before anything else: no privilege gain through exec, no core dumps (with krun the
+    // guest's memory lives in this process).
+    if let Err(err) = crate::backend::confine::no_privilege_gain_no_core_dumps() {
         reporter.report(&ReadyReport::Failed {
             error: format!("cannot restrict the sandbox process: {err}"),
         });
@@ -79,23 +81,6 @@ pub fn main(home: Home, name: &str, mut reporter: ReadyReporter) -> i32 {
     let status = runtime.block_on(run_prepared(home, prepared, reporter, Host::Child));
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     status
-}
-
-/// What the sandbox process gives up before it does anything: gaining privileges through exec
-/// (`PR_SET_NO_NEW_PRIVS`, inherited by QEMU) and core dumps, which would hold the guest's
-/// memory with krun, whose VM lives in this process.
-fn restrict_self() -> std::io::Result<()> {
-    // SAFETY: plain prctl / setrlimit calls with valid arguments.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::setrlimit(libc::RLIMIT_CORE, &no_core) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 fn build_runtime() -> std::io::Result<Runtime> {

@@ -43,16 +43,22 @@ pub struct Termination {
 
 /// What ended the serving phase, before the shutdown.
 enum Trigger {
-    /// Stop the guest in order for this reason.
-    Stop(TerminationReason, String),
-    /// A client asked for an orderly stop, with this grace (capped at [`SHUTDOWN_GRACE`]).
-    StopWithin(TerminationReason, String, Duration),
+    /// Stop the guest in order for this reason, giving its processes this grace between
+    /// SIGTERM and SIGKILL (capped at [`SHUTDOWN_GRACE`]).
+    Stop(TerminationReason, String, Duration),
     /// The agent already said goodbye; the VM is powering off.
     Goodbye,
     /// The agent is gone or broken: kill the VM.
     Kill(TerminationReason, String),
     /// The VM exited by itself.
     VmExited(std::io::Result<VmExit>),
+}
+
+impl Trigger {
+    /// An orderly stop with the default grace.
+    fn stop(reason: TerminationReason, detail: impl Into<String>) -> Self {
+        Trigger::Stop(reason, detail.into(), SHUTDOWN_GRACE)
+    }
 }
 
 /// Serves until the run ends, then shuts the VM down. Never fails: every ending is a
@@ -87,12 +93,7 @@ pub async fn supervise(
             let _ = vm.kill();
             finish(vm, reason, detail, false).await
         }
-        Trigger::Stop(reason, detail) => {
-            relay.request_shutdown(SHUTDOWN_GRACE).await;
-            let clean = wait_goodbye(&mut watch, SHUTDOWN_GRACE + SHUTDOWN_TIMEOUT).await;
-            finish(vm, reason, detail, clean).await
-        }
-        Trigger::StopWithin(reason, detail, grace) => {
+        Trigger::Stop(reason, detail, grace) => {
             let grace = grace.min(SHUTDOWN_GRACE);
             relay.request_shutdown(grace).await;
             let clean = wait_goodbye(&mut watch, grace + SHUTDOWN_TIMEOUT).await;
@@ -118,7 +119,7 @@ async fn wait_for_trigger(
                 Some(RelayEvent::Goodbye(_)) => return Trigger::Goodbye,
                 Some(RelayEvent::ShutdownRequested { grace }) => {
                     let detail = "shutdown requested by a client".into();
-                    return Trigger::StopWithin(TerminationReason::ShutdownRequested, detail, grace);
+                    return Trigger::Stop(TerminationReason::ShutdownRequested, detail, grace);
                 }
                 Some(RelayEvent::AgentGone(err)) => {
                     // The guest's doing (its agent died, its kernel crashed, it broke the
@@ -134,7 +135,7 @@ async fn wait_for_trigger(
                     tokio::spawn(async move { relay.serve_client(stream).await });
                 }
             }
-            name = signals.recv() => return Trigger::Stop(TerminationReason::Signal, name.into()),
+            name = signals.recv() => return Trigger::stop(TerminationReason::Signal, name),
             _ = tick.tick() => {
                 if let Some(trigger) = check_timers(config, started, watch) {
                     return trigger;
@@ -149,7 +150,7 @@ fn check_timers(config: &SandboxConfig, started: Instant, watch: &RelayWatch) ->
     let now = Instant::now();
     if let Some(max) = config.max_duration() {
         if now.duration_since(started) >= max {
-            return Some(Trigger::Stop(
+            return Some(Trigger::stop(
                 TerminationReason::MaxDurationExceeded,
                 format!("ran for {max:?}"),
             ));
@@ -159,17 +160,17 @@ fn check_timers(config: &SandboxConfig, started: Instant, watch: &RelayWatch) ->
     let idle_since = activity.changed_at.unwrap_or(started);
     if activity.is_idle() {
         if config.stop_when_detached && activity.clients_total > 0 {
-            return Some(Trigger::Stop(TerminationReason::Completed, "client detached".into()));
+            return Some(Trigger::stop(TerminationReason::Completed, "client detached"));
         }
         if config.stop_when_detached && now.duration_since(started) >= ATTACH_TIMEOUT {
-            return Some(Trigger::Stop(
+            return Some(Trigger::stop(
                 TerminationReason::Failed,
-                "launching client never attached".into(),
+                "launching client never attached",
             ));
         }
         if let Some(idle) = config.idle_timeout() {
             if now.duration_since(idle_since) >= idle {
-                return Some(Trigger::Stop(
+                return Some(Trigger::stop(
                     TerminationReason::IdleTimeout,
                     format!("idle for {idle:?}"),
                 ));
